@@ -1,0 +1,171 @@
+"""Filters: small predicates that pick Variables by type, path or value.
+
+Anywhere nnxlite takes a filter (``split``, ``state``, ``grad(wrt=...)``,
+``Optimizer(wrt=...)``) it accepts:
+
+* a Variable type, e.g. ``nnx.Param`` (matches subclasses too);
+* a tuple or list of filters (matches if any does);
+* ``...`` or ``True`` (matches everything), ``None`` or ``False`` (nothing);
+* a string, matching a path component exactly (``'kernel'``);
+* a callable ``(path, variable) -> bool``;
+* the combinators :class:`Not`, :class:`All`, :class:`Any`, :class:`PathContains`.
+
+Example::
+
+    >>> import nnxlite as nnx
+    >>> only_kernels = nnx.All(nnx.Param, nnx.PathContains("kernel"))
+    >>> pred = nnx.filters.to_predicate(only_kernels)
+    >>> pred(("layer", "kernel"), nnx.Param(1.0)), pred(("layer", "bias"), nnx.Param(1.0))
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from typing import Any as _Any, Union
+
+from nnxlite.variables import Variable
+
+Path = tuple[_Any, ...]
+Predicate = Callable[[Path, Variable], bool]
+Filter = Union[type, tuple, list, str, Callable, "ellipsis", bool, None]  # noqa: F821
+
+__all__ = ["Filter", "to_predicate", "Not", "All", "Any", "PathContains", "OfType", "Everything", "Nothing"]
+
+
+class OfType:
+    """Matches Variables that are instances of ``type_`` (the default for a type)."""
+
+    def __init__(self, type_: type):
+        self.type = type_
+
+    def __call__(self, path: Path, variable: Variable) -> bool:
+        return isinstance(variable, self.type)
+
+    def __repr__(self) -> str:
+        return f"OfType({self.type.__name__})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, OfType) and other.type is self.type
+
+    def __hash__(self) -> int:
+        return hash((OfType, self.type))
+
+
+class PathContains:
+    """Matches Variables whose path contains ``key`` as one component.
+
+    >>> PathContains("bias")(("layers", 0, "bias"), None)
+    True
+    """
+
+    def __init__(self, key: _Any):
+        self.key = key
+
+    def __call__(self, path: Path, variable: Variable) -> bool:
+        return self.key in path
+
+    def __repr__(self) -> str:
+        return f"PathContains({self.key!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PathContains) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash((PathContains, self.key))
+
+
+class _Combinator:
+    def __init__(self, *filters: Filter):
+        self.filters = filters
+        self.predicates = tuple(to_predicate(f) for f in filters)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self.filters))})"
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and other.filters == self.filters
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.filters))
+
+
+class Any(_Combinator):
+    """Matches if any of the filters matches (a tuple of filters means the same)."""
+
+    def __call__(self, path: Path, variable: Variable) -> bool:
+        return builtins.any(p(path, variable) for p in self.predicates)
+
+
+class All(_Combinator):
+    """Matches if every filter matches."""
+
+    def __call__(self, path: Path, variable: Variable) -> bool:
+        return builtins.all(p(path, variable) for p in self.predicates)
+
+
+class Not(_Combinator):
+    """Matches what ``filter`` does not: ``Not(nnx.Param)`` is all non-parameters."""
+
+    def __init__(self, filter: Filter):
+        super().__init__(filter)
+
+    def __call__(self, path: Path, variable: Variable) -> bool:
+        return not self.predicates[0](path, variable)
+
+
+class Everything:
+    """Matches every Variable (``...`` and ``True`` mean this)."""
+
+    def __call__(self, path: Path, variable: Variable) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "Everything()"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Everything)
+
+    def __hash__(self) -> int:
+        return hash(Everything)
+
+
+class Nothing:
+    """Matches no Variable (``None`` and ``False`` mean this)."""
+
+    def __call__(self, path: Path, variable: Variable) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "Nothing()"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Nothing)
+
+    def __hash__(self) -> int:
+        return hash(Nothing)
+
+
+def to_predicate(filter: Filter) -> Predicate:
+    """Turn any accepted filter spelling into a ``(path, variable) -> bool`` predicate."""
+    if filter is Ellipsis or filter is True:
+        return Everything()
+    if filter is None or filter is False:
+        return Nothing()
+    if isinstance(filter, type):
+        return OfType(filter)
+    if isinstance(filter, str):
+        return PathContains(filter)
+    if isinstance(filter, (tuple, list)):
+        return Any(*filter)
+    if callable(filter):
+        return filter
+    raise TypeError(
+        f"Invalid filter {filter!r} of type {type(filter).__name__}: expected a Variable type, "
+        "a tuple/list of filters, a path string, ..., None, or a callable (path, variable) -> bool."
+    )
+
+
+def is_everything(filter: Filter) -> bool:
+    return filter is Ellipsis or filter is True or isinstance(filter, Everything)

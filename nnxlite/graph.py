@@ -1,0 +1,723 @@
+"""The graph traversal: the one bridge between eager modules and pure pytrees.
+
+``split`` walks a graph of Python objects (modules, lists, tuples, dicts and
+Variables, with shared references and cycles allowed) and returns
+
+* a :class:`GraphDef` — everything static: node types, attribute names,
+  static attributes, Variable types and metadata, and which references are
+  shared. It is hashable, comparable, and a pytree with no leaves;
+* one or more :class:`~nnxlite.state.State` pytrees holding the values.
+
+``merge`` builds a fresh object graph back from them; ``update`` writes values
+into an existing graph. Every other feature (lifted transforms, the
+optimizer, checkpoints, ``transform()``) is built on these functions.
+
+Example::
+
+    >>> import nnxlite as nnx
+    >>> model = nnx.Linear(2, 3, ctx=nnx.context(0))
+    >>> graphdef, params = nnx.split(model, nnx.Param)
+    >>> copy = nnx.merge(graphdef, params)
+    >>> bool((copy.kernel.value == model.kernel.value).all()), copy is model
+    (True, False)
+
+Speed: a traversal is cached on the root module together with the structural
+epoch (``_epoch.py``). Any structural edit bumps the epoch, so a cached
+traversal is reused only when it is exactly right; value edits do not bump it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from nnxlite import _epoch
+from nnxlite import filters as filterlib
+from nnxlite.variables import _EMPTY_METADATA
+from nnxlite.state import State, StateStructure, _fmt_path, _key_error_text, _new_state, _unmatched_text, _key_order
+from nnxlite.variables import Variable
+
+__all__ = [
+    "GraphDef",
+    "ModuleDef",
+    "split",
+    "merge",
+    "state",
+    "update",
+    "graphdef",
+    "clone",
+    "pop",
+    "iter_graph",
+    "register_node_base",
+]
+
+Path = tuple[Any, ...]
+
+# How an attribute of a node is stored in a GraphDef.
+STATIC, VAR, NODE = 0, 1, 2
+# Kinds of node.
+OBJECT, LIST, DICT, TUPLE = 0, 1, 2, 3
+
+_NODE_BASES: tuple[type, ...] = ()
+_CACHE_KEY = "_nnx_flat"
+
+
+def register_node_base(cls: type) -> type:
+    """Make instances of ``cls`` (objects with a ``__dict__``) graph nodes."""
+    global _NODE_BASES
+    _NODE_BASES = _NODE_BASES + (cls,)
+    return cls
+
+
+def _node_kind(value: Any) -> int | None:
+    if isinstance(value, _NODE_BASES):
+        return OBJECT
+    if isinstance(value, list):
+        return LIST
+    if isinstance(value, dict):
+        return DICT
+    if isinstance(value, tuple) and _has_graph_content(value):
+        return TUPLE
+    return None
+
+
+def _has_graph_content(value: Any) -> bool:
+    # Tuples of plain values (kernel_size=(3, 3)) stay static; tuples holding
+    # Variables or nodes are traversed.
+    if isinstance(value, (Variable, list, dict)) or isinstance(value, _NODE_BASES):
+        return True
+    if isinstance(value, tuple):
+        return any(_has_graph_content(v) for v in value)
+    return False
+
+
+def _items(obj: Any, kind: int) -> list[tuple[Any, Any]]:
+    if kind == OBJECT:
+        return [(k, v) for k, v in vars(obj).items() if not k.startswith("_nnx_")]
+    if kind == DICT:
+        return list(obj.items())
+    return list(enumerate(obj))
+
+
+class GraphDef:
+    """The static structure of an object graph (the seeds call it ``ModuleDef``).
+
+    It is hashable and compares equal for structurally equal graphs, so it can
+    be closed over, passed as a static argument, or returned from
+    ``jax.vmap(..., out_axes=None)`` (it is a pytree with no leaves).
+
+    >>> import nnxlite as nnx
+    >>> a = nnx.graphdef(nnx.Linear(2, 3, ctx=nnx.context(0)))
+    >>> b = nnx.graphdef(nnx.Linear(2, 3, ctx=nnx.context(1)))
+    >>> a == b, hash(a) == hash(b)
+    (True, True)
+    """
+
+    __slots__ = ("nodes", "vardefs", "paths", "root", "_hash", "_plan", "_structure", "__weakref__")
+
+    def __init__(self, nodes: tuple, vardefs: tuple, paths: tuple, root: tuple):
+        # nodes[i] = (type, kind, items); items = ((key, STATIC|VAR|NODE, payload), ...) in
+        # the node's own order. vardefs[j] = (Variable type, frozen metadata). paths[j] is
+        # the first (canonical) path of Variable j. root = (VAR|NODE, index).
+        self.nodes = nodes
+        self.vardefs = vardefs
+        self.paths = paths
+        self.root = root
+        self._hash = hash((nodes, vardefs, root))
+        self._plan = None
+        self._structure = None
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        return (
+            isinstance(other, GraphDef)
+            and self._hash == other._hash
+            and self.root == other.root
+            and self.vardefs == other.vardefs
+            and self.nodes == other.nodes
+        )
+
+    @property
+    def structure(self) -> StateStructure:
+        """The StateStructure of the full (unfiltered) state of this graph."""
+        if self._structure is None:
+            self._structure = StateStructure(self.paths, self.vardefs)
+        return self._structure
+
+    def merge(self, *states: State | Mapping) -> Any:
+        """Build a new object graph from this definition and ``states`` (see :func:`merge`)."""
+        return merge(self, *states)
+
+    def __repr__(self) -> str:
+        root_type = self.nodes[0][0].__name__ if self.root[0] == NODE else self.vardefs[0][0].__name__
+        return f"GraphDef({root_type}, nodes={len(self.nodes)}, variables={len(self.vardefs)})"
+
+    def __reduce__(self):
+        return (GraphDef, (self.nodes, self.vardefs, self.paths, self.root))
+
+
+ModuleDef = GraphDef
+
+jax.tree_util.register_pytree_node(GraphDef, lambda g: ((), g), lambda g, _: g)
+
+
+class _Flat:
+    """One traversal of a graph: its GraphDef plus the live objects it found."""
+
+    __slots__ = ("epoch", "graphdef", "variables", "aliases", "node_objects", "node_paths", "groups")
+
+    def __init__(self, epoch, graphdef, variables, aliases, node_objects, node_paths):
+        self.epoch = epoch
+        self.graphdef = graphdef
+        self.variables = variables  # Variable objects, in graphdef.paths order
+        self.aliases = aliases  # every path that reaches a Variable -> its index
+        self.node_objects = node_objects
+        self.node_paths = node_paths
+        self.groups: dict = {}  # filters -> (index lists, structures)
+
+
+def _traverse(root: Any) -> _Flat:
+    node_index: dict[int, int] = {}
+    var_index: dict[int, int] = {}
+    nodes: list = []
+    node_objects: list = []
+    node_paths: list = []
+    variables: list = []
+    paths: list = []
+    vardefs: list = []
+    aliases: dict[Path, int] = {}
+    bad_static: list = []
+
+    def add_variable(v: Variable, path: Path) -> int:
+        j = var_index.get(id(v))
+        if j is None:
+            j = len(variables)
+            var_index[id(v)] = j
+            variables.append(v)
+            paths.append(path)
+            meta = v._metadata
+            vardefs.append((type(v), _freeze_metadata(meta, path, bad_static) if meta else ()))
+        aliases[path] = j
+        return j
+
+    def visit(obj: Any, kind: int, path: Path) -> int:
+        idx = len(nodes)
+        node_index[id(obj)] = idx
+        nodes.append(None)
+        node_objects.append(obj)
+        node_paths.append(path)
+        items = _items(obj, kind)
+        refs: dict[Any, tuple] = {}
+        order = sorted(items, key=lambda kv: _key_order(kv[0])) if kind != LIST and kind != TUPLE else items
+        for key, value in order:
+            child_path = path + (key,)
+            if isinstance(value, Variable):
+                refs[key] = (VAR, add_variable(value, child_path))
+                continue
+            child_kind = _node_kind(value)
+            if child_kind is not None:
+                j = node_index.get(id(value))
+                refs[key] = (NODE, j if j is not None else visit(value, child_kind, child_path))
+                continue
+            try:
+                hash(value)
+            except TypeError:
+                bad_static.append((child_path, value))
+            refs[key] = (STATIC, value)
+        nodes[idx] = (type(obj), kind, tuple((k,) + refs[k] for k, _ in items))
+        return idx
+
+    if isinstance(root, Variable):
+        root_ref = (VAR, add_variable(root, ()))
+    else:
+        kind = _node_kind(root)
+        if kind is None:
+            raise TypeError(
+                f"Expected a Module, Variable, list, tuple or dict to split, got {type(root).__name__}."
+            )
+        root_ref = (NODE, visit(root, kind, ()))
+    if bad_static:
+        raise _static_error(bad_static)
+    gd = GraphDef(tuple(nodes), tuple(vardefs), tuple(paths), root_ref)
+    return _Flat(_epoch.current(), gd, variables, aliases, node_objects, node_paths)
+
+
+def _freeze_metadata(meta: dict, path: Path, bad: list) -> tuple:
+    items = []
+    for k, v in sorted(meta.items()):
+        v = _freeze_value(v)
+        try:
+            hash(v)
+        except TypeError:
+            bad.append((path + (f"<metadata {k}>",), v))
+        items.append((k, v))
+    return tuple(items)
+
+
+def _freeze_value(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_freeze_value(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze_value(x)) for k, x in v.items()))
+    return v
+
+
+def _static_error(bad: list) -> TypeError:
+    lines = []
+    for path, value in bad[:10]:
+        what = type(value).__name__
+        if isinstance(value, (jax.Array, np.ndarray)):
+            hint = "wrap it in a Variable (e.g. nnx.Variable(x), or nnx.Param(x) to train it) so it travels as state"
+        else:
+            hint = "static attributes must be hashable: use a tuple or frozenset, or wrap it in a Variable"
+        lines.append(f"  {_fmt_path(path)}: unhashable {what}; {hint}")
+    return TypeError("Cannot split the graph: some attributes are neither state nor hashable static data.\n" + "\n".join(lines))
+
+
+def _flat(node: Any) -> _Flat:
+    """The traversal of ``node``, from its cache when the structure has not changed."""
+    d = getattr(node, "__dict__", None)
+    if d is not None and isinstance(node, _NODE_BASES):
+        cached = d.get(_CACHE_KEY)
+        if cached is not None and cached.epoch == _epoch.current():
+            return cached
+        flat = _traverse(node)
+        d[_CACHE_KEY] = flat
+        return flat
+    return _traverse(node)
+
+
+# ---------------------------------------------------------------------------------
+# Filtering the traversal into groups
+# ---------------------------------------------------------------------------------
+def _groups(flat: _Flat, filters: tuple, complete: bool) -> tuple[list[list[int]], list[StateStructure]]:
+    try:
+        key = (filters, complete)
+        hit = flat.groups.get(key)
+    except TypeError:  # unhashable filter
+        key, hit = None, None
+    if hit is not None:
+        return hit
+    gd = flat.graphdef
+    if not filters:
+        result = ([list(range(len(flat.variables)))], [gd.structure])
+    else:
+        predicates = [filterlib.to_predicate(f) for f in filters]
+        buckets: list[list[int]] = [[] for _ in predicates]
+        unmatched = []
+        for j, (path, v) in enumerate(zip(gd.paths, flat.variables)):
+            for b, pred in zip(buckets, predicates):
+                if pred(path, v):
+                    b.append(j)
+                    break
+            else:
+                unmatched.append(path)
+        if complete and unmatched and len(filters) > 1:
+            raise ValueError(_unmatched_text(unmatched, filters))
+        structures = [
+            StateStructure(tuple(gd.paths[j] for j in b), tuple(gd.vardefs[j] for j in b)) for b in buckets
+        ]
+        result = (buckets, structures)
+    if key is not None:
+        if len(flat.groups) > 32:  # callables made per call must not grow this forever
+            flat.groups.clear()
+        flat.groups[key] = result
+    return result
+
+
+def _states(flat: _Flat, filters: tuple, complete: bool) -> list[State]:
+    buckets, structures = _groups(flat, filters, complete)
+    variables = flat.variables
+    if len(buckets) == 1 and len(buckets[0]) == len(variables):
+        return [_new_state([v.raw_value for v in variables], structures[0])]
+    return [_new_state([variables[j].raw_value for j in b], s) for b, s in zip(buckets, structures)]
+
+
+# ---------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------
+def split(node: Any, *filters: filterlib.Filter) -> tuple:
+    """Split a graph into its static :class:`GraphDef` and one State per filter.
+
+    With no filter, one State holds everything. With several filters each
+    Variable goes to the first filter that matches, and every Variable must
+    match one (end with ``...`` to collect the rest). A single filter returns
+    just the matching Variables.
+
+    >>> import nnxlite as nnx
+    >>> model = nnx.BatchNorm(3, ctx=nnx.context(0))
+    >>> graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    >>> sorted(params.to_pure_dict()), sorted(stats.to_pure_dict())
+    (['bias', 'scale'], ['mean', 'var'])
+
+    Shared Variables and sub-modules appear once (under their first path in
+    canonical order) and are shared again after :func:`merge`.
+    """
+    flat = _flat(node)
+    return (flat.graphdef, *_states(flat, filters, complete=True))
+
+
+def graphdef(node: Any) -> GraphDef:
+    """The :class:`GraphDef` of ``node`` (cached while its structure is unchanged).
+
+    >>> import nnxlite as nnx
+    >>> nnx.graphdef(nnx.Linear(2, 3, ctx=nnx.context(0)))
+    GraphDef(Linear, nodes=1, variables=2)
+    """
+    return _flat(node).graphdef
+
+
+def state(node: Any, *filters: filterlib.Filter) -> State | tuple[State, ...]:
+    """The State of ``node``: everything, or one State per filter (no completeness check).
+
+    >>> import nnxlite as nnx
+    >>> model = nnx.Linear(2, 3, ctx=nnx.context(0))
+    >>> nnx.state(model, nnx.Param).paths()
+    (('bias',), ('kernel',))
+    """
+    states = _states(_flat(node), filters, complete=False)
+    return states[0] if len(states) == 1 else tuple(states)
+
+
+def merge(graphdef: GraphDef, *states: State | Mapping) -> Any:
+    """Build a new object graph from a :class:`GraphDef` and its States.
+
+    The states together must hold exactly the graph's Variables: a missing or
+    unexpected path raises one ``ValueError`` naming every offending path.
+    Works on concrete arrays and on tracers, so it can be called inside
+    ``jax.jit``, ``jax.lax.scan`` and ``jax.vmap`` bodies.
+
+    >>> import nnxlite as nnx
+    >>> graphdef, state = nnx.split(nnx.Linear(2, 3, ctx=nnx.context(0)))
+    >>> nnx.merge(graphdef, state).kernel.shape
+    (2, 3)
+    """
+    if not isinstance(graphdef, GraphDef):
+        raise TypeError(f"merge expects a GraphDef as first argument, got {type(graphdef).__name__}")
+    return _build(graphdef, _gather_leaves(graphdef, states, "merge"))
+
+
+def _as_state(s: Any) -> State:
+    if isinstance(s, State):
+        return s
+    if isinstance(s, Mapping):
+        return State(s)
+    raise TypeError(f"Expected a State or a nested dict of values, got {type(s).__name__}.")
+
+
+def _gather_leaves(gd: GraphDef, states: tuple, what: str) -> list:
+    states = tuple(_as_state(s) for s in states)
+    if len(states) == 1:
+        s = states[0]
+        st = s._structure
+        if st is gd._structure or st.paths is gd.paths or st.paths == gd.paths:
+            return s._leaves
+    lookup: dict[Path, Any] = {}
+    for s in states:
+        lookup.update(zip(s._structure.paths, s._leaves))
+    try:
+        leaves = [lookup[p] for p in gd.paths]
+    except KeyError:
+        leaves = None
+    if leaves is None or len(lookup) != len(gd.paths):
+        expected = set(gd.paths)
+        missing = [p for p in gd.paths if p not in lookup]
+        extra = [p for p in lookup if p not in expected]
+        raise ValueError(_key_error_text(what, missing, extra))
+    return leaves
+
+
+def _plan(gd: GraphDef):
+    """Precompile a GraphDef into build instructions (once per GraphDef).
+
+    Variables: one (type, shared metadata dict) per leaf; metadata dicts are
+    copy-on-write, so merged Variables can share them. Nodes: a template dict
+    of static attributes in the node's own attribute order, plus the slots
+    to fill with Variables and child nodes.
+    """
+    if gd._plan is not None:
+        return gd._plan
+    var_specs = [(t, dict(meta) if meta else _EMPTY_METADATA) for t, meta in gd.vardefs]
+    node_specs = []
+    for node_type, kind, items in gd.nodes:
+        template = {}
+        var_slots = []
+        node_slots = []
+        for key, tag, payload in items:
+            if tag == STATIC:
+                template[key] = payload
+            else:
+                template[key] = None
+                (var_slots if tag == VAR else node_slots).append((key, payload))
+        node_specs.append((node_type, kind, template, tuple(var_slots), tuple(node_slots)))
+    # Without back-references (cycles), children always have larger indices
+    # than their parents, so one reverse pass can create and fill every node.
+    acyclic = all(j > i for i, spec in enumerate(node_specs) for _, j in spec[4])
+    gd._plan = (var_specs, node_specs, acyclic)
+    return gd._plan
+
+
+_new = object.__new__
+_object_setattr = object.__setattr__
+
+
+def _build(gd: GraphDef, leaves: list) -> Any:
+    var_specs, node_specs, acyclic = _plan(gd)
+    variables = []
+    append = variables.append
+    for (t, meta), x in zip(var_specs, leaves):
+        v = _new(t)
+        v.raw_value = x
+        v._metadata = meta
+        append(v)
+    if gd.root[0] == VAR:
+        return variables[0]
+    if acyclic:
+        return _build_acyclic(node_specs, variables)
+    return _build_cyclic(node_specs, variables)
+
+
+def _build_acyclic(node_specs: list, variables: list) -> Any:
+    objs: list = [None] * len(node_specs)
+    i = len(node_specs)
+    for node_type, kind, template, var_slots, node_slots in reversed(node_specs):
+        i -= 1
+        if kind == OBJECT:
+            obj = _new(node_type)
+            d = obj.__dict__  # filling the object's own dict beats building one and swapping it in
+            d.update(template)
+            for key, j in var_slots:
+                d[key] = variables[j]
+            for key, j in node_slots:
+                d[key] = objs[j]
+            objs[i] = obj
+            continue
+        d = template.copy()
+        for key, j in var_slots:
+            d[key] = variables[j]
+        for key, j in node_slots:
+            d[key] = objs[j]
+        if kind == LIST:
+            obj = list.__new__(node_type)
+            list.extend(obj, d.values())
+        elif kind == DICT:
+            obj = dict.__new__(node_type)
+            dict.update(obj, d)
+        else:
+            obj = tuple(d.values()) if node_type is tuple else node_type(*d.values())
+        objs[i] = obj
+    return objs[0]
+
+
+def _build_cyclic(node_specs: list, variables: list) -> Any:
+    # Create every mutable node empty first so back-references can point at it.
+    objs: list = [None] * len(node_specs)
+    for i, (node_type, kind, _, _, _) in enumerate(node_specs):
+        if kind == OBJECT:
+            objs[i] = _new(node_type)
+        elif kind == LIST:
+            objs[i] = list.__new__(node_type)
+        elif kind == DICT:
+            objs[i] = dict.__new__(node_type)
+    # Tuples are immutable: build them after their children, deepest first.
+    # (A cycle must pass through a mutable node, which already exists.)
+    for i in range(len(node_specs) - 1, -1, -1):
+        node_type, kind, template, var_slots, node_slots = node_specs[i]
+        if kind != TUPLE:
+            continue
+        values = list(template.values())
+        for key, j in var_slots:
+            values[key] = variables[j]
+        for key, j in node_slots:
+            values[key] = objs[j]
+        objs[i] = tuple(values) if node_type is tuple else node_type(*values)
+    for obj, (node_type, kind, template, var_slots, node_slots) in zip(objs, node_specs):
+        if kind == TUPLE:
+            continue
+        d = template.copy()
+        for key, j in var_slots:
+            d[key] = variables[j]
+        for key, j in node_slots:
+            d[key] = objs[j]
+        if kind == OBJECT:
+            _object_setattr(obj, "__dict__", d)
+        elif kind == LIST:
+            list.extend(obj, d.values())
+        else:
+            dict.update(obj, d)
+    return objs[0]
+
+
+def update(node: Any, *states: State | Mapping) -> None:
+    """Write state values into the Variables of an existing graph, in place.
+
+    Each path may be any path that reaches the Variable (shared Variables have
+    several). Every value is checked first; an unknown path or a shape/dtype
+    mismatch raises one ``ValueError`` naming every offending path, and nothing
+    is written.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> model = nnx.Linear(2, 3, ctx=nnx.context(0))
+    >>> nnx.update(model, {"bias": jnp.ones(3)})
+    >>> model.bias.value.tolist()
+    [1.0, 1.0, 1.0]
+    """
+    flat = _flat(node)
+    aliases = flat.aliases
+    variables = flat.variables
+    writes: list[tuple[Variable, Any]] = []
+    unknown: list[Path] = []
+    mismatched: list[str] = []
+    for s in states:
+        s = _as_state(s)
+        st = s._structure
+        if st.paths is flat.graphdef.paths:  # straight from split/state: paths known good
+            indices = range(len(variables))
+            paths = st.paths
+        else:
+            paths = st.paths
+            indices = [aliases.get(p, -1) for p in paths]
+        for j, path, value in zip(indices, paths, s._leaves):
+            if j < 0:
+                unknown.append(path)
+                continue
+            v = variables[j]
+            old = v.raw_value
+            # JAX interns avals, so equal shape+dtype is usually one identity check.
+            old_aval = getattr(old, "aval", None)
+            if old_aval is None or old_aval is not getattr(value, "aval", None):
+                problem = _mismatch(old, value)
+                if problem:
+                    mismatched.append(f"  {_fmt_path(path)}: {problem}")
+            writes.append((v, value))
+    if unknown or mismatched:
+        lines = ["update: nothing was written because the state does not fit the graph."]
+        if unknown:
+            lines.append(
+                f"  unknown paths ({len(unknown)}): " + ", ".join(_fmt_path(p) for p in unknown[:20])
+            )
+            lines.append(f"  the graph's paths are: {', '.join(_fmt_path(p) for p in flat.graphdef.paths[:20])}")
+        lines.extend(mismatched[:20])
+        raise ValueError("\n".join(lines))
+    for v, value in writes:
+        v.raw_value = value
+
+
+def _mismatch(old: Any, new: Any) -> str | None:
+    old_shape = getattr(old, "shape", None)
+    if old_shape is None:
+        return None  # python scalars and other plain values: anything goes
+    new_shape = getattr(new, "shape", None)
+    if new_shape is None:
+        new_shape = np.shape(new)
+    if tuple(new_shape) != tuple(old_shape):
+        return f"expected shape {tuple(old_shape)}, found {tuple(new_shape)}"
+    new_dtype = getattr(new, "dtype", None)
+    if new_dtype is not None and new_dtype != old.dtype:
+        return f"expected dtype {old.dtype}, found {new_dtype}"
+    return None
+
+
+def clone(node: Any) -> Any:
+    """A deep copy of a graph: new objects, same values, sharing preserved.
+
+    >>> import nnxlite as nnx
+    >>> model = nnx.Linear(2, 3, ctx=nnx.context(0))
+    >>> other = nnx.clone(model)
+    >>> other is model, other.kernel is model.kernel
+    (False, False)
+    """
+    gd, st = split(node)
+    return merge(gd, st)
+
+
+def pop(node: Any, *filters: filterlib.Filter) -> State | tuple[State, ...]:
+    """Remove the Variables matching ``filters`` from the graph and return their State.
+
+    Typical use: collect ``Intermediate`` values recorded with ``Module.sow``.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> model = nnx.Linear(2, 3, ctx=nnx.context(0))
+    >>> model.note = nnx.Intermediate(jnp.zeros(()))
+    >>> sorted(nnx.pop(model, nnx.Intermediate).to_pure_dict()), hasattr(model, "note")
+    (['note'], False)
+    """
+    if not filters:
+        raise TypeError("pop needs at least one filter")
+    flat = _flat(node)
+    states = _states(flat, filters, complete=False)
+    buckets, _ = _groups(flat, filters, complete=False)
+    popped = {j for b in buckets for j in b}
+    edges = [p for p, j in flat.aliases.items() if j in popped]
+    for path in edges:
+        parent = node
+        for k in path[:-1]:
+            parent = parent[k] if isinstance(parent, (list, tuple, dict)) else getattr(parent, k)
+        key = path[-1]
+        if isinstance(parent, dict):
+            del parent[key]
+        elif isinstance(parent, (list, tuple)):
+            raise ValueError(f"pop: cannot remove {_fmt_path(path)} from inside a list or tuple.")
+        else:
+            delattr(parent, key)
+    return states[0] if len(states) == 1 else tuple(states)
+
+
+def iter_graph(node: Any) -> Iterator[tuple[Path, Any]]:
+    """Yield ``(path, object)`` for every node and Variable, each once, in canonical order.
+
+    >>> import nnxlite as nnx
+    >>> model = nnx.Sequence([nnx.Linear(2, 2, ctx=nnx.context(0))])
+    >>> [p for p, _ in nnx.iter_graph(model)]
+    [(), ('layers',), ('layers', 0), ('layers', 0, 'bias'), ('layers', 0, 'kernel')]
+    """
+    flat = _flat(node)
+    entries = list(zip(flat.node_paths, flat.node_objects))
+    entries += list(zip(flat.graphdef.paths, flat.variables))
+    from nnxlite.state import path_sort_key
+
+    entries.sort(key=lambda e: path_sort_key(e[0]))
+    yield from entries
+
+
+def flatten_roots(roots: tuple) -> _Flat:
+    """Traverse several roots as one graph (shared objects appear once).
+
+    Used by the lifted transforms: ``(model, optimizer)`` share the model.
+    """
+    return _traverse(tuple(roots))
+
+
+class RootsCache:
+    """Caches ``flatten_roots`` for one call site, keyed by the identity of the roots.
+
+    Holds weak references only, so cached models can still be garbage collected.
+    """
+
+    __slots__ = ("_refs", "_flat")
+
+    def __init__(self):
+        self._refs: tuple = ()
+        self._flat: _Flat | None = None
+
+    def get(self, roots: tuple) -> _Flat:
+        flat = self._flat
+        if (
+            flat is not None
+            and flat.epoch == _epoch.current()
+            and len(roots) == len(self._refs)
+            and all(r() is o for r, o in zip(self._refs, roots))
+        ):
+            return flat
+        flat = flatten_roots(roots)
+        self._refs = tuple(weakref.ref(o) for o in roots)
+        self._flat = flat
+        return flat

@@ -1,0 +1,189 @@
+"""RNG contexts: named, counter-based random streams whose state is Variables.
+
+A :class:`Context` (also exported as ``Rngs``) holds one :class:`RngStream`
+per name. Each stream keeps a base key and a counter, both Variables, and
+hands out ``fold_in(key, count)`` before incrementing the counter, so no key is
+ever handed out twice, and the stream state travels inside State through
+``jit``, ``scan`` and ``vmap`` like any other state::
+
+    >>> import nnxlite as nnx
+    >>> ctx = nnx.context(0, dropout=1)
+    >>> k1, k2 = ctx.make_rng("params"), ctx.dropout()
+    >>> k1.shape
+    (2,)
+    >>> int(ctx.default.count.value), int(ctx.dropout.count.value)
+    (1, 1)
+
+Asking for a stream that does not exist falls back to the ``default`` stream
+(the positional seed), so ``nnx.context(0)`` serves every name.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from nnxlite.module import Module
+from nnxlite.variables import RngCount, RngKey
+
+__all__ = ["Context", "Rngs", "RngStream", "ContextDef", "context"]
+
+DEFAULT = "default"
+
+
+def _as_key(seed: Any) -> jax.Array:
+    if isinstance(seed, (int,)) or (hasattr(seed, "shape") and seed.shape == () and not _is_typed_key(seed)):
+        return jax.random.PRNGKey(seed)
+    return seed
+
+
+def _is_typed_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+class RngStream(Module):
+    """One named random stream: a base key and a counter (both Variables).
+
+    Calling it returns a fresh key: ``fold_in(key, count)``, then ``count += 1``.
+    """
+
+    def __init__(self, key: Any, *, count: Any = 0):
+        self.key = RngKey(_as_key(key))
+        self.count = RngCount(jnp.asarray(count, dtype=jnp.uint32))
+
+    def __call__(self) -> jax.Array:
+        count = self.count.raw_value
+        key = jax.random.fold_in(self.key.raw_value, count)
+        self.count.value = count + 1
+        return key
+
+    def fork(self, n: int | tuple[int, ...]) -> jax.Array:
+        """``n`` independent keys at once (for vmap lanes or scan steps)."""
+        return jax.random.split(self(), n)
+
+
+class Context(Module):
+    """Named random streams, created with :func:`context`.
+
+    Pass it to constructors (``ctx=``) and to stochastic layers at call time.
+    Its streams are attributes: ``ctx.params`` is an :class:`RngStream`, and
+    ``ctx.params()`` draws a key (the same as ``ctx.make_rng('params')``).
+    """
+
+    def __init__(self, default: Any = None, /, **streams: Any):
+        if default is not None:
+            streams = {DEFAULT: default, **streams}
+        if not streams:
+            raise ValueError("A Context needs at least one stream: nnx.context(0) or nnx.context(params=0, ...).")
+        for name, seed in streams.items():
+            setattr(self, name, seed if isinstance(seed, RngStream) else RngStream(seed))
+
+    def stream_names(self) -> list[str]:
+        """Names of the streams this context holds."""
+        return [k for k, v in vars(self).items() if isinstance(v, RngStream)]
+
+    def stream(self, name: str) -> RngStream:
+        """The stream called ``name``, or the default stream if there is none by that name."""
+        d = self.__dict__
+        s = d.get(name)
+        if isinstance(s, RngStream):
+            return s
+        s = d.get(DEFAULT)
+        if isinstance(s, RngStream):
+            return s
+        raise KeyError(
+            f"This Context has no {name!r} stream and no default stream; it has {self.stream_names()}. "
+            f"Create it with e.g. nnx.context({name}=0), or give a default seed: nnx.context(0)."
+        )
+
+    def make_rng(self, name: str = DEFAULT) -> jax.Array:
+        """Draw a fresh key from stream ``name`` (falling back to the default stream)."""
+        return self.stream(name)()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when `name` is not an attribute: unknown streams use the default.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self.stream(name)
+        except KeyError as e:
+            raise AttributeError(str(e)) from None
+
+    def partition(self) -> tuple["Keys", "ContextDef"]:
+        """Draw one key per stream and return ``(keys, ctxdef)``.
+
+        ``keys`` is a dict of keys (asking it for a name it lacks derives a key
+        from the default stream's); ``ctxdef.merge(keys)`` builds a new Context
+        whose streams start from those keys. This is how a key is carried into
+        ``jax.vmap``/``jax.lax.scan`` bodies (seed 003's ``ScanMLP``)::
+
+            >>> import jax, nnxlite as nnx
+            >>> keys, ctxdef = nnx.context(0).partition()
+            >>> many = jax.random.split(keys["params"], 4)
+            >>> ctx = ctxdef.merge({"params": many[0]})
+            >>> ctx.params().shape
+            (2,)
+        """
+        return Keys({name: self.make_rng(name) for name in self.stream_names()}), ContextDef()
+
+    def fork(self, n: int) -> dict[str, jax.Array]:
+        """``{name: n keys}``: split every stream for ``n`` lanes or steps."""
+        return {name: self.stream(name).fork(n) for name in self.stream_names()}
+
+
+Rngs = Context
+
+
+class Keys(dict):
+    """The keys drawn by :meth:`Context.partition`; unknown names derive from the default key."""
+
+    def __missing__(self, name: str) -> jax.Array:
+        if DEFAULT not in self:
+            raise KeyError(f"No key for stream {name!r}; the context had streams {sorted(self)}.")
+        salt = zlib.crc32(name.encode()) & 0x7FFFFFFF
+        key = jax.random.fold_in(self[DEFAULT], salt)
+        self[name] = key
+        return key
+
+
+class ContextDef:
+    """The static half of a partitioned Context: ``ctxdef.merge(keys)`` rebuilds one.
+
+    It holds nothing that varies, so it is hashable and can be closed over in
+    ``vmap``/``scan`` bodies.
+    """
+
+    def merge(self, keys: dict[str, Any]) -> Context:
+        """A new Context with one stream per entry of ``keys`` (counters start at 0)."""
+        return Context(**dict(keys))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ContextDef)
+
+    def __hash__(self) -> int:
+        return hash(ContextDef)
+
+    def __repr__(self) -> str:
+        return "ContextDef()"
+
+
+jax.tree_util.register_pytree_node(ContextDef, lambda c: ((), None), lambda _, __: ContextDef())
+
+
+def context(seed: Any = None, /, **streams: Any) -> Context:
+    """Create a :class:`Context`.
+
+    Args:
+      seed: an int or key for the ``default`` stream, which also serves any
+        stream name the context does not have.
+      **streams: named streams, e.g. ``params=0, dropout=1``.
+
+    >>> import nnxlite as nnx
+    >>> ctx = nnx.context(0, dropout=1)
+    >>> sorted(ctx.stream_names())
+    ['default', 'dropout']
+    """
+    return Context(seed, **streams)

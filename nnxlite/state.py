@@ -1,0 +1,400 @@
+"""State: the pure half of a split module — a pytree of values keyed by path.
+
+A ``State`` maps paths (tuples of attribute names and list indices, such as
+``('layers', 0, 'kernel')``) to values. It is *flat first*: internally it is
+a list of leaves plus one shared, hashable :class:`StateStructure` (the paths
+and each leaf's Variable type and metadata), so flattening it for ``jax.jit``
+is a constant-time hand-off. It also reads like a nested dict::
+
+    >>> import jax, jax.numpy as jnp
+    >>> import nnxlite as nnx
+    >>> model = nnx.Linear(2, 3, ctx=nnx.context(0))
+    >>> state = nnx.state(model)
+    >>> state["kernel"].shape
+    (2, 3)
+    >>> state["bias"] = jnp.ones(3)          # nested assignment
+    >>> jax.tree.map(jnp.shape, state).to_pure_dict()
+    {'bias': (3,), 'kernel': (2, 3)}
+
+Paths are kept in a canonical sorted order (integers before strings, each
+level sorted), which is exactly the order the graph traversal visits them, so
+states built by different routes line up leaf for leaf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+
+from nnxlite import filters as filterlib
+from nnxlite.variables import Variable, _make
+
+__all__ = ["State", "StateStructure", "path_sort_key"]
+
+Path = tuple[Any, ...]
+VarDef = tuple  # (variable type, frozen metadata items)
+_PLAIN_DEF: VarDef = (Variable, ())
+
+
+def _key_order(key: Any) -> tuple:
+    if isinstance(key, int):
+        return (0, key, "")
+    if isinstance(key, str):
+        return (1, 0, key)
+    return (2, 0, repr(key))
+
+
+def path_sort_key(path: Path) -> tuple:
+    """The canonical order of paths: component by component, ints before strings."""
+    return tuple(_key_order(k) for k in path)
+
+
+class StateStructure:
+    """The static part of a State: its paths and each leaf's Variable type and metadata.
+
+    It is the pytree aux data of a State. Its hash is computed once and equal
+    structures compare in one identity check when they are the same object,
+    which is the common case (states from one split share it).
+    """
+
+    __slots__ = ("paths", "defs", "_hash", "_index")
+
+    def __init__(self, paths: tuple[Path, ...], defs: tuple[VarDef, ...] | None):
+        self.paths = paths
+        self.defs = defs
+        self._hash: int | None = None
+        self._index: dict[Path, int] | None = None
+
+    @property
+    def index(self) -> dict[Path, int]:
+        if self._index is None:
+            self._index = {p: i for i, p in enumerate(self.paths)}
+        return self._index
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash((self.paths, self.defs))
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, StateStructure) or hash(self) != hash(other):
+            return False
+        return self.paths == other.paths and self.defs == other.defs
+
+    def def_at(self, i: int) -> VarDef:
+        return _PLAIN_DEF if self.defs is None else self.defs[i]
+
+    def __repr__(self) -> str:
+        return f"StateStructure({len(self.paths)} paths)"
+
+
+class State(Mapping):
+    """A pytree of state values keyed by path; see the module docstring.
+
+    Construct one from a nested dict (``State({'w': x, 'sub': {'b': y}})``),
+    from a flat dict whose keys are path tuples, or get one from
+    :func:`nnxlite.state` / :func:`nnxlite.split`.
+    """
+
+    __slots__ = ("_leaves", "_structure", "_parent")
+
+    def __init__(self, mapping: Mapping | None = None, /):
+        if isinstance(mapping, State):
+            _init(self, list(mapping._leaves), mapping._structure)
+            return
+        flat = _flatten_mapping(mapping or {})
+        paths = sorted(flat, key=path_sort_key)
+        _init(self, [flat[p] for p in paths], StateStructure(tuple(paths), None))
+
+    # -- construction helpers ---------------------------------------------
+    @classmethod
+    def from_flat(cls, items: Mapping[Path, Any] | list[tuple[Path, Any]], defs=None) -> "State":
+        """Build a State from ``{path: value}``; ``defs`` optionally maps path -> (type, metadata)."""
+        items = dict(items)
+        paths = tuple(sorted(items, key=path_sort_key))
+        vardefs = None if defs is None else tuple(defs.get(p, _PLAIN_DEF) for p in paths)
+        return _new_state([items[p] for p in paths], StateStructure(paths, vardefs))
+
+    # -- flat view ------------------------------------------------------------
+    def flat(self) -> dict[Path, Any]:
+        """A new ``{path: value}`` dict of every leaf."""
+        return dict(zip(self._structure.paths, self._leaves))
+
+    def paths(self) -> tuple[Path, ...]:
+        """Every leaf's path, in canonical order."""
+        return self._structure.paths
+
+    def leaves(self) -> list[Any]:
+        """Every leaf value, in canonical order."""
+        return list(self._leaves)
+
+    def variables(self) -> Iterator[tuple[Path, Variable]]:
+        """Yield ``(path, Variable)`` pairs: each leaf boxed in its Variable type and metadata."""
+        s = self._structure
+        for i, (p, v) in enumerate(zip(s.paths, self._leaves)):
+            t, meta = s.def_at(i)
+            yield p, _make(t, v, dict(meta))
+
+    # -- nested mapping view ---------------------------------------------------
+    def _top_keys(self) -> list[Any]:
+        seen: dict[Any, None] = {}
+        for p in self._structure.paths:
+            seen.setdefault(p[0], None)
+        return list(seen)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._top_keys())
+
+    def __len__(self) -> int:
+        return len(self._top_keys())
+
+    def __contains__(self, key) -> bool:
+        return any(p[0] == key for p in self._structure.paths) if not isinstance(key, tuple) else (
+            key in self._structure.index
+        )
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, tuple):
+            index = self._structure.index
+            if key in index:
+                return self._leaves[index[key]]
+            sub = self
+            for k in key:
+                sub = sub[k]
+            return sub
+        index = self._structure.index
+        single = (key,)
+        if single in index:
+            return self._leaves[index[single]]
+        s = self._structure
+        picked = [i for i, p in enumerate(s.paths) if p[0] == key]
+        if not picked:
+            raise KeyError(f"State has no key {key!r}; top-level keys are {self._top_keys()!r}")
+        child = _new_state(
+            [self._leaves[i] for i in picked],
+            StateStructure(
+                tuple(s.paths[i][1:] for i in picked),
+                None if s.defs is None else tuple(s.defs[i] for i in picked),
+            ),
+        )
+        child._parent = (self, key)
+        return child
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(str(e)) from None
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        path = key if isinstance(key, tuple) else (key,)
+        if isinstance(value, (State, dict)):
+            for sub, leaf in _flatten_mapping(value).items():
+                self._set_path(path + sub, leaf)
+        else:
+            self._set_path(path, value)
+
+    def _set_path(self, path: Path, value: Any) -> None:
+        s = self._structure
+        i = s.index.get(path)
+        if i is not None:
+            self._leaves[i] = value
+        else:
+            items = dict(zip(s.paths, self._leaves))
+            defs = None if s.defs is None else dict(zip(s.paths, s.defs))
+            items[path] = value
+            fresh = State.from_flat(items, defs)
+            _init(self, fresh._leaves, fresh._structure, self._parent)
+        if self._parent is not None:
+            parent, key = self._parent
+            parent._set_path((key,) + path, value)
+
+    # -- conversions --------------------------------------------------------------
+    def to_pure_dict(self) -> dict:
+        """Nested plain dicts of the values (no Variable types or metadata)."""
+        out: dict = {}
+        for p, v in zip(self._structure.paths, self._leaves):
+            d = out
+            for k in p[:-1]:
+                d = d.setdefault(k, {})
+            d[p[-1]] = v
+        return out
+
+    def replace_by_pure_dict(self, pure: Mapping) -> None:
+        """Replace every value in place from a nested dict with exactly the same paths.
+
+        Raises ``ValueError`` naming the missing and unexpected paths; on error the
+        State is left unchanged.
+        """
+        flat = _flatten_mapping(pure)
+        have = set(self._structure.paths)
+        missing = [p for p in self._structure.paths if p not in flat]
+        extra = [p for p in flat if p not in have]
+        if missing or extra:
+            raise ValueError(_key_error_text("replace_by_pure_dict", missing, extra))
+        self._leaves[:] = [flat[p] for p in self._structure.paths]
+
+    # -- filtering -------------------------------------------------------------------
+    def filter(self, *filters: filterlib.Filter) -> "State | tuple[State, ...]":
+        """Keep the leaves matching each filter: one filter gives a State, several a tuple."""
+        groups = self._group(filters, complete=False)
+        return groups[0] if len(groups) == 1 else tuple(groups)
+
+    def split(self, *filters: filterlib.Filter) -> "State | tuple[State, ...]":
+        """Partition the leaves by filter (first match wins); every leaf must match one."""
+        groups = self._group(filters, complete=True)
+        return groups[0] if len(groups) == 1 else tuple(groups)
+
+    def _group(self, filters, complete: bool) -> list["State"]:
+        if not filters:
+            return [self]
+        predicates = [filterlib.to_predicate(f) for f in filters]
+        buckets: list[list[int]] = [[] for _ in predicates]
+        unmatched = []
+        for i, (path, var) in enumerate(self.variables()):
+            for b, pred in zip(buckets, predicates):
+                if pred(path, var):
+                    b.append(i)
+                    break
+            else:
+                unmatched.append(path)
+        if complete and unmatched and len(filters) > 1:
+            raise ValueError(_unmatched_text(unmatched, filters))
+        return [self._subset(b) for b in buckets]
+
+    def _subset(self, indices: list[int]) -> "State":
+        s = self._structure
+        return _new_state(
+            [self._leaves[i] for i in indices],
+            StateStructure(
+                tuple(s.paths[i] for i in indices),
+                None if s.defs is None else tuple(s.defs[i] for i in indices),
+            ),
+        )
+
+    @staticmethod
+    def merge(*states: "State | Mapping") -> "State":
+        """Union of several States (later ones win on equal paths), in canonical order."""
+        items: dict[Path, Any] = {}
+        defs: dict[Path, VarDef] = {}
+        typed = False
+        for st in states:
+            st = st if isinstance(st, State) else State(st)
+            s = st._structure
+            typed |= s.defs is not None
+            for i, (p, v) in enumerate(zip(s.paths, st._leaves)):
+                items[p] = v
+                defs[p] = s.def_at(i)
+        return State.from_flat(items, defs if typed else None)
+
+    # -- display ------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        if not self._leaves:
+            return "State({})"
+        lines = ["State({"]
+        s = self._structure
+        for i, (p, v) in enumerate(zip(s.paths, self._leaves)):
+            t = s.def_at(i)[0]
+            tag = "" if t is Variable else f"{t.__name__}: "
+            val = _short(v)
+            lines.append(f"  {'/'.join(map(str, p))}: {tag}{val},")
+        lines.append("})")
+        return "\n".join(lines)
+
+    def __treescope_repr__(self, path, subtree_renderer):
+        from nnxlite import display
+
+        return display.render_state(self, path, subtree_renderer)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, State):
+            return NotImplemented
+        return self is other
+
+
+def _short(v: Any) -> str:
+    shape = getattr(v, "shape", None)
+    dtype = getattr(v, "dtype", None)
+    if shape is not None and dtype is not None and len(shape) > 0:
+        return f"{dtype}{list(shape)}"
+    return repr(v)
+
+
+def _init(state: State, leaves: list, structure: StateStructure, parent=None) -> None:
+    object.__setattr__(state, "_leaves", leaves)
+    object.__setattr__(state, "_structure", structure)
+    object.__setattr__(state, "_parent", parent)
+
+
+def _new_state(leaves: list, structure: StateStructure) -> State:
+    st = object.__new__(State)
+    _init(st, leaves, structure)
+    return st
+
+
+State.__setattr__ = lambda self, name, value: (  # type: ignore[method-assign]
+    object.__setattr__(self, name, value) if name.startswith("_") else self.__setitem__(name, value)
+)
+
+
+def _flatten_mapping(mapping: Mapping, prefix: Path = ()) -> dict[Path, Any]:
+    if isinstance(mapping, State):
+        return {prefix + p: v for p, v in zip(mapping._structure.paths, mapping._leaves)}
+    out: dict[Path, Any] = {}
+    if mapping and all(isinstance(k, tuple) for k in mapping) and not prefix:
+        return dict(mapping)
+    for k, v in mapping.items():
+        if isinstance(v, (dict, State)):
+            if not v:
+                continue
+            out.update(_flatten_mapping(v, prefix + (k,)))
+        elif isinstance(v, Variable):
+            out[prefix + (k,)] = v.raw_value
+        else:
+            out[prefix + (k,)] = v
+    return out
+
+
+def _fmt_path(p: Path) -> str:
+    return "/".join(map(str, p)) or "<root>"
+
+
+def _key_error_text(what: str, missing, extra) -> str:
+    lines = [f"{what}: the state's paths do not match."]
+    if missing:
+        lines.append(f"  missing ({len(missing)}): " + ", ".join(_fmt_path(p) for p in missing[:20]))
+    if extra:
+        lines.append(f"  unexpected ({len(extra)}): " + ", ".join(_fmt_path(p) for p in extra[:20]))
+    return "\n".join(lines)
+
+
+def _unmatched_text(unmatched, filters) -> str:
+    shown = ", ".join(_fmt_path(p) for p in unmatched[:20])
+    more = f" (and {len(unmatched) - 20} more)" if len(unmatched) > 20 else ""
+    return (
+        f"Non-exhaustive filters {filters!r}: {len(unmatched)} Variable(s) matched none of them: "
+        f"{shown}{more}. Add a filter for them, or end the filters with `...` to take the rest."
+    )
+
+
+def _flatten_state(st: State):
+    return st._leaves, st._structure
+
+
+def _flatten_state_with_keys(st: State):
+    return [(jax.tree_util.DictKey(p), v) for p, v in zip(st._structure.paths, st._leaves)], st._structure
+
+
+def _unflatten_state(structure: StateStructure, leaves) -> State:
+    return _new_state(list(leaves), structure)
+
+
+jax.tree_util.register_pytree_with_keys(
+    State, _flatten_state_with_keys, _unflatten_state, flatten_func=_flatten_state
+)
