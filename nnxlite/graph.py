@@ -585,6 +585,8 @@ def update(node: Any, *states: State | Mapping) -> None:
         else:
             paths = st.paths
             indices = [aliases.get(p, -1) for p in paths]
+            if -1 in indices:  # maybe a path through a shared sub-module: walk the live graph
+                indices = [j if j >= 0 else _resolve(flat, node, p) for j, p in zip(indices, paths)]
         for j, path, value in zip(indices, paths, s._leaves):
             if j < 0:
                 unknown.append(path)
@@ -609,6 +611,22 @@ def update(node: Any, *states: State | Mapping) -> None:
         raise ValueError("\n".join(lines))
     for v, value in writes:
         v.raw_value = value
+
+
+def _resolve(flat: _Flat, root: Any, path: Path) -> int:
+    """Index of the Variable at ``path`` in the live graph, or -1."""
+    obj = root
+    try:
+        for k in path:
+            obj = obj[k] if isinstance(obj, (list, tuple, dict)) else getattr(obj, k)
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return -1
+    if not isinstance(obj, Variable):
+        return -1
+    for j, v in enumerate(flat.variables):
+        if v is obj:
+            return j
+    return -1
 
 
 def _mismatch(old: Any, new: Any) -> str | None:
