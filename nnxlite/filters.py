@@ -167,5 +167,36 @@ def to_predicate(filter: Filter) -> Predicate:
     )
 
 
+def partition_indices(items, filters: tuple, *, complete: bool) -> list[list[int]]:
+    """Group ``(path, variable)`` items by the first filter each matches.
+
+    Returns one list of item indices per filter. With ``complete`` and more
+    than one filter, every item must match one, otherwise a ``ValueError``
+    names the unmatched paths. (A single filter just selects.)
+    """
+    predicates = [to_predicate(f) for f in filters]
+    buckets: list[list[int]] = [[] for _ in predicates]
+    unmatched = []
+    for i, (path, variable) in enumerate(items):
+        for bucket, pred in zip(buckets, predicates):
+            if pred(path, variable):
+                bucket.append(i)
+                break
+        else:
+            unmatched.append(path)
+    if complete and unmatched and len(filters) > 1:
+        raise ValueError(_unmatched_text(unmatched, filters))
+    return buckets
+
+
+def _unmatched_text(unmatched: list, filters: tuple) -> str:
+    shown = ", ".join("/".join(map(str, p)) or "<root>" for p in unmatched[:20])
+    more = f" (and {len(unmatched) - 20} more)" if len(unmatched) > 20 else ""
+    return (
+        f"Non-exhaustive filters {filters!r}: {len(unmatched)} Variable(s) matched none of them: "
+        f"{shown}{more}. Add a filter for them, or end the filters with `...` to take the rest."
+    )
+
+
 def is_everything(filter: Filter) -> bool:
     return filter is Ellipsis or filter is True or isinstance(filter, Everything)

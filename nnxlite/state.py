@@ -254,18 +254,7 @@ class State(Mapping):
     def _group(self, filters, complete: bool) -> list["State"]:
         if not filters:
             return [self]
-        predicates = [filterlib.to_predicate(f) for f in filters]
-        buckets: list[list[int]] = [[] for _ in predicates]
-        unmatched = []
-        for i, (path, var) in enumerate(self.variables()):
-            for b, pred in zip(buckets, predicates):
-                if pred(path, var):
-                    b.append(i)
-                    break
-            else:
-                unmatched.append(path)
-        if complete and unmatched and len(filters) > 1:
-            raise ValueError(_unmatched_text(unmatched, filters))
+        buckets = filterlib.partition_indices(self.variables(), filters, complete=complete)
         return [self._subset(b) for b in buckets]
 
     def _subset(self, indices: list[int]) -> "State":
@@ -372,15 +361,6 @@ def _key_error_text(what: str, missing, extra) -> str:
     if extra:
         lines.append(f"  unexpected ({len(extra)}): " + ", ".join(_fmt_path(p) for p in extra[:20]))
     return "\n".join(lines)
-
-
-def _unmatched_text(unmatched, filters) -> str:
-    shown = ", ".join(_fmt_path(p) for p in unmatched[:20])
-    more = f" (and {len(unmatched) - 20} more)" if len(unmatched) > 20 else ""
-    return (
-        f"Non-exhaustive filters {filters!r}: {len(unmatched)} Variable(s) matched none of them: "
-        f"{shown}{more}. Add a filter for them, or end the filters with `...` to take the rest."
-    )
 
 
 def _flatten_state(st: State):
