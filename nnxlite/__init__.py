@@ -26,8 +26,28 @@ from nnxlite.variables import (
     RngState,
     Variable,
 )
+from nnxlite.functional import Transformed, fold_rngs, merge_states, param_from_init, split_trainable, transform
+from nnxlite.sharding import (
+    Partitioned,
+    get_logical_axis_rules,
+    get_named_sharding,
+    get_partition_spec,
+    logical_axis_rules,
+    logical_to_mesh_axes,
+    sharded_init,
+    with_partitioning,
+)
 from nnxlite import nn
 from nnxlite.nn import *  # noqa: F401,F403  (layers at the top level: nnx.Linear)
 from nnxlite.nn import initializers
+from nnxlite import training
+from nnxlite.training import metrics
+from nnxlite.training.metrics import Accuracy, Average, MultiMetric
+from nnxlite.training.optimizer import Optimizer
+from nnxlite import checkpoint
+from nnxlite.checkpoint import restore, save
+from nnxlite import transforms
+from nnxlite.transforms import Carry, cond, eval_shape, jit, remat, scan, switch, vmap
+from nnxlite.variables import TracerLeakError
 
 __version__ = "0.1.0"

@@ -14,8 +14,15 @@ as it would be in eager code::
     >>> grads["kernel"].shape
     (2, 1)
 
-A Variable reached through several paths (a tied weight) gets the sum of the
-gradients of all its uses.
+A differentiated argument may also be a pytree holding modules and arrays
+(``(model, x)``, ``{"enc": enc, "dec": dec}``): its gradient is the same
+pytree with each module replaced by its gradient State. A Variable reached
+through several paths (a tied weight) gets the sum of the gradients of all its
+uses; a Variable reachable from two differentiated arguments belongs to the
+first of them in ``argnums`` order. Modules in ``aux`` (``has_aux=True``)
+follow the rules of the lifted transforms (``nnxlite.transforms``): inputs
+come back as the caller's objects, new ones as new objects, and structural
+changes made inside propagate.
 """
 
 from __future__ import annotations
@@ -27,14 +34,11 @@ from typing import Any
 import jax
 
 from nnxlite import filters as filterlib
-from nnxlite import graph
+from nnxlite import transforms as _t
+from nnxlite.state import StateStructure, _new_state
 from nnxlite.variables import Param
 
 __all__ = ["grad", "value_and_grad"]
-
-
-def _is_graph(x: Any) -> bool:
-    return graph._node_kind(x) == graph.OBJECT or isinstance(x, graph.Variable)
 
 
 def value_and_grad(
@@ -50,7 +54,14 @@ def value_and_grad(
 
     Returns a function giving ``(value, grads)`` (``((value, aux), grads)``
     with ``has_aux``); ``grads`` is one State per module argument, or a tuple
-    when ``argnums`` is a sequence. See the module docstring for an example.
+    when ``argnums`` is a sequence:
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> model = nnx.Linear(2, 1, ctx=nnx.context(0))
+    >>> x = jnp.ones((3, 2))
+    >>> loss, (g_model, g_x) = nnx.value_and_grad(lambda m, x: m(x).sum(), argnums=(0, 1))(model, x)
+    >>> sorted(g_model.to_pure_dict()), g_x.shape
+    (['bias', 'kernel'], (3, 2))
     """
     return _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value=True)
 
@@ -75,98 +86,154 @@ def grad(
     return _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value=False)
 
 
+class _Plan:
+    """Which leaves are differentiated, and how to shape their gradients (one per traversal)."""
+
+    __slots__ = ("diff_vars", "diff_others", "arg_grads")
+
+    def __init__(self, diff_vars, diff_others, arg_grads):
+        self.diff_vars = diff_vars  # Variable indices, in the order they are differentiated
+        self.diff_others = diff_others  # positions (in inputs.others) of differentiated array leaves
+        self.arg_grads = arg_grads  # per argnum: (treedef, [("var", [k...], structure) | ("other", k)])
+
+
+def _plan(inputs: _t._Inputs, args: tuple, argnums: tuple, wrt) -> _Plan:
+    pred = filterlib.to_predicate(wrt)
+    flat = inputs.flat
+    args_td, _ = inputs.treedef.children()
+    arg_sizes = [c.num_leaves for c in args_td.children()]
+    starts = [sum(arg_sizes[:i]) for i in range(len(arg_sizes))]
+    root_of_leaf = {}
+    r = 0
+    for i, m in enumerate(inputs.mask):
+        if m:
+            root_of_leaf[i] = r
+            r += 1
+    other_of_leaf = {}
+    k = 0
+    for i, m in enumerate(inputs.mask):
+        if not m:
+            other_of_leaf[i] = k
+            k += 1
+    # For each root, the Variables it reaches with their paths relative to it (canonical order).
+    reach: dict[int, list] = {}
+    if flat is not None:
+        seen_per_root: dict[int, set] = {}
+        for path in sorted(flat.aliases, key=_sort_key):
+            j = flat.aliases[path]
+            root = path[0]
+            seen = seen_per_root.setdefault(root, set())
+            if j in seen:
+                continue
+            seen.add(j)
+            reach.setdefault(root, []).append((path[1:], j))
+    taken: dict[int, int] = {}
+    diff_vars: list[int] = []
+    diff_others: list[int] = []
+    arg_grads = []
+    for a in argnums:
+        parts = []
+        for leaf in range(starts[a], starts[a] + arg_sizes[a]):
+            if inputs.mask[leaf]:
+                entries = []
+                for path, j in reach.get(root_of_leaf[leaf], []):
+                    if not pred(path, flat.variables[j]) or j in taken:
+                        continue
+                    taken[j] = len(diff_vars)
+                    diff_vars.append(j)
+                    entries.append((path, j))
+                entries.sort(key=lambda e: _sort_key(e[0]))
+                structure = StateStructure(
+                    tuple(p for p, _ in entries), tuple(flat.graphdef.vardefs[j] for _, j in entries)
+                )
+                parts.append(("var", [taken[j] for _, j in entries], structure))
+            else:
+                parts.append(("other", len(diff_others)))
+                diff_others.append(other_of_leaf[leaf])
+        arg_grads.append((args_td.children()[a], parts))
+    return _Plan(diff_vars, diff_others, arg_grads)
+
+
+def _sort_key(path: tuple) -> tuple:
+    from nnxlite.state import path_sort_key
+
+    return path_sort_key(path)
+
+
 def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
     multiple = not isinstance(argnums, int)
     argnums_t = tuple(argnums) if multiple else (argnums,)
+    cache = _t._RootsCache()
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        args = list(args)
-        # Split every graph argument once: the differentiated part, and the rest.
-        # Graph args not in argnums travel whole (their state may still change).
-        graph_positions = [i for i, a in enumerate(args) if _is_graph(a)]
-        flat = graph.flatten_roots(tuple(args[i] for i in graph_positions))
-        diff_set = set(argnums_t)
-        primals = []
         for i in argnums_t:
-            if i >= len(args):
-                raise TypeError(f"argnums={argnums} but only {len(args)} positional arguments were given")
-            primals.append(_primal_of(args[i], i, graph_positions, flat, wrt) if i in graph_positions else args[i])
-        structure_ids = {i: graph_positions.index(i) for i in graph_positions}
-
-        def pure(*diff_values):
-            leaves = [v.raw_value for v in flat.variables]
-            for i, dv in zip(argnums_t, diff_values):
-                if i in structure_ids:
-                    indices, _ = diff_value_index[i]
-                    for j, x in zip(indices, dv._leaves):
-                        leaves[j] = x
-            roots = graph._build(flat.graphdef, leaves)
-            call_args = list(args)
-            for i in graph_positions:
-                call_args[i] = roots[structure_ids[i]]
-            for i, dv in zip(argnums_t, diff_values):
-                if i not in structure_ids:
-                    call_args[i] = dv
-            out = f(*call_args, **kwargs)
-            new_flat = graph.flatten_roots(roots)
-            if new_flat.graphdef != flat.graphdef:
-                raise ValueError(
-                    "The function changed the structure of a module argument (added or removed an "
-                    "attribute, sub-module or Variable) inside grad. Create all Variables and "
-                    "sub-modules in __init__, or make the change before calling grad."
+            if not -len(args) <= i < len(args):
+                raise TypeError(
+                    f"argnums={argnums} refers to positional argument {i}, but only {len(args)} positional "
+                    "arguments were given."
                 )
-            new_leaves = [v.raw_value for v in new_flat.variables]
+        nums = tuple(i % len(args) for i in argnums_t)
+        inputs = _t._Inputs(args, kwargs, cache)
+        plan = _plan(inputs, args, nums, wrt)
+        leaves = inputs.leaves()
+        others = inputs.others
+        gd = inputs.flat.graphdef if inputs.flat is not None else None
+        cell: list = []
+
+        def pure(diff_state, diff_others):
+            state = list(leaves)
+            for j, x in zip(plan.diff_vars, diff_state):
+                state[j] = x
+            other = list(others)
+            for k, x in zip(plan.diff_others, diff_others):
+                other[k] = x
+            a, kw, roots, pre = _t._enter(gd, inputs.treedef, inputs.mask, state, other)
+            out = f(*a, **kw)
             if has_aux:
+                if not (isinstance(out, tuple) and len(out) == 2):
+                    raise TypeError(
+                        "With has_aux=True the function must return a pair (value, aux); "
+                        f"got {type(out).__name__}."
+                    )
                 value, aux = out
-                return value, (aux, new_leaves)
-            return out, new_leaves
+            else:
+                value, aux = out, None
+            aligned, extra, plain, meta = _t._leave(pre, roots, aux, state)
+            # Only values that changed travel out: unchanged Variables need no write-back.
+            changed = [j for j, (new, old) in enumerate(zip(aligned, state)) if new is not old]
+            cell[:] = [meta, changed]
+            return value, ([aligned[j] for j in changed], extra, plain)
 
-        diff_value_index = {}
-        for i, p in zip(argnums_t, primals):
-            if i in structure_ids:
-                diff_value_index[i] = p._nnx_indices
-
-        primal_states = [p._state if i in structure_ids else p for i, p in zip(argnums_t, primals)]
-        vg = jax.value_and_grad(
-            pure, argnums=tuple(range(len(primal_states))), has_aux=True, holomorphic=holomorphic, allow_int=allow_int
-        )
-        (value, rest), grads = vg(*primal_states)
-        if has_aux:
-            aux, new_leaves = rest
-            value = (value, aux)
+        primals = ([leaves[j] for j in plan.diff_vars], [others[k] for k in plan.diff_others])
+        (value, (new_values, extra, aux)), (g_state, g_others) = jax.value_and_grad(
+            pure, argnums=(0, 1), has_aux=True, holomorphic=holomorphic, allow_int=allow_int
+        )(*primals)
+        meta, changed = cell
+        variables = inputs.variables
+        if meta is None:
+            for j, x in zip(changed, new_values):
+                variables[j].raw_value = x
         else:
-            new_leaves = rest
-        # Write state changes (BatchNorm stats, RNG counters...) back, like eager code would.
-        for v, x in zip(flat.variables, new_leaves):
-            v.raw_value = x
-        grads = grads if multiple else grads[0]
-        return (value, grads) if with_value else (grads, aux) if has_aux else grads
+            aligned = [_t._KEEP] * len(variables)
+            for j, x in zip(changed, new_values):
+                aligned[j] = x
+            aux = _t._apply(meta, aligned, extra, aux, inputs.flat)
+        grads = []
+        for treedef, parts in plan.arg_grads:
+            leaves_out = []
+            for part in parts:
+                if part[0] == "var":
+                    _, ks, structure = part
+                    leaves_out.append(_new_state([g_state[k] for k in ks], structure))
+                else:
+                    leaves_out.append(g_others[part[1]])
+            grads.append(jax.tree_util.tree_unflatten(treedef, leaves_out))
+        grads = tuple(grads) if multiple else grads[0]
+        if has_aux:
+            value = (value, aux)
+        if with_value:
+            return value, grads
+        return (grads, aux) if has_aux else grads
 
     return wrapper
-
-
-class _Primal:
-    __slots__ = ("_state", "_nnx_indices")
-
-    def __init__(self, state, indices):
-        self._state = state
-        self._nnx_indices = indices
-
-
-def _primal_of(arg, i, graph_positions, flat, wrt) -> _Primal:
-    # Variables owned by argument i: those whose first path starts at its root index.
-    root_index = graph_positions.index(i)
-    pred = filterlib.to_predicate(wrt)
-    gd = flat.graphdef
-    indices = [
-        j
-        for j, (path, v) in enumerate(zip(gd.paths, flat.variables))
-        if path[0] == root_index and pred(path[1:], v)
-    ]
-    paths = tuple(gd.paths[j][1:] for j in indices)
-    defs = tuple(gd.vardefs[j] for j in indices)
-    from nnxlite.state import StateStructure, _new_state
-
-    st = _new_state([flat.variables[j].raw_value for j in indices], StateStructure(paths, defs))
-    return _Primal(st, (indices, None))

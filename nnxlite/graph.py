@@ -195,6 +195,8 @@ def _traverse(root: Any) -> _Flat:
     vardefs: list = []
     aliases: dict[Path, int] = {}
     bad_static: list = []
+    # Path hint for error messages (variables._leak_message): root type name(s) + path.
+    label = tuple(type(r).__name__ for r in root) if type(root) is tuple else type(root).__name__
 
     def add_variable(v: Variable, path: Path) -> int:
         j = var_index.get(id(v))
@@ -203,6 +205,7 @@ def _traverse(root: Any) -> _Flat:
             var_index[id(v)] = j
             variables.append(v)
             paths.append(path)
+            v._nnx_path = (label, path)
             meta = v._metadata
             vardefs.append((type(v), _freeze_metadata(meta, path, bad_static) if meta else ()))
         aliases[path] = j

@@ -91,13 +91,22 @@ class Variable(metaclass=_VariableMeta):
         the :class:`State`, and it is preserved through split/merge.
     """
 
-    __slots__ = ("raw_value", "_metadata", "__weakref__")
+    # ``_init_recipe`` is left unset by ``__init__`` and by merge (no creation
+    # cost); ``nnxlite.functional.param_from_init`` sets it to record how the
+    # value was drawn, so that ``nnx.transform``'s ``init_fn`` can redraw it.
+    # ``_nnx_path`` is a path hint the graph traversal records (unset until then),
+    # used only to name the Variable in error messages (see ``_check_live``).
+    __slots__ = ("raw_value", "_metadata", "_init_recipe", "_nnx_path", "__weakref__")
 
     raw_value: Any
     _metadata: dict[str, Any]
 
     def __init__(self, value: Any, **metadata: Any):
         if isinstance(value, Variable):
+            # A boxed value (e.g. from an ``nnx.with_partitioning`` initializer)
+            # passes its metadata on; explicit keywords win.
+            if value._metadata:
+                metadata = {**value._metadata, **metadata}
             value = value.raw_value
         self.raw_value = value
         self._metadata = metadata if metadata else _EMPTY_METADATA
@@ -106,7 +115,7 @@ class Variable(metaclass=_VariableMeta):
     @property
     def value(self) -> Any:
         """The held value. Assigning replaces it in place (no copy of the box)."""
-        return self.raw_value
+        return _read(self)
 
     @value.setter
     def value(self, new: Any) -> None:
@@ -151,7 +160,7 @@ class Variable(metaclass=_VariableMeta):
     __array_priority__ = 100
 
     def __jax_array__(self):
-        return self.raw_value
+        return _read(self)
 
     def __array__(self, dtype=None, copy=None):
         return np.asarray(self.raw_value, dtype=dtype)
@@ -184,7 +193,7 @@ class Variable(metaclass=_VariableMeta):
         return iter(self.raw_value)
 
     def __getitem__(self, index):
-        return self.raw_value[index]
+        return _read(self)[index]
 
     def __setitem__(self, index, value):
         # Functional update of the held array, written back into this box.
@@ -241,6 +250,80 @@ class Variable(metaclass=_VariableMeta):
         return (_make, (type(self), self.raw_value, dict(self._metadata)))
 
 
+# -- tracer safety ------------------------------------------------------------------
+# A Variable that code inside a plain JAX transform changed without taking it as an
+# argument (a closed-over model) is left holding that transform's tracer. Reads go
+# through ``_read``, which looks closer only when the value *is* a Tracer, so
+# concrete arrays pay one isinstance check.
+_Tracer = jax.core.Tracer
+try:  # the trace stack is private in jax 0.10; without it only leaks seen at top level are named
+    from jax._src.core import trace_ctx as _trace_ctx
+except ImportError:  # pragma: no cover
+    _trace_ctx = None
+
+
+class TracerLeakError(jax.errors.UnexpectedTracerError):
+    """A Variable was read holding a tracer from a JAX transformation that has ended.
+
+    >>> import jax, jax.numpy as jnp, nnxlite as nnx
+    >>> count = nnx.Variable(jnp.zeros(()))
+    >>> _ = jax.jit(lambda x: setattr(count, "value", x))(1.0)  # closed over: leaks
+    >>> try:
+    ...     count.value
+    ... except nnx.TracerLeakError:
+    ...     print("leaked; pass it as an argument to nnx.jit instead")
+    leaked; pass it as an argument to nnx.jit instead
+    """
+
+    def __init__(self, message: str):
+        TypeError.__init__(self, message)  # skip jax's "see <jax error page>" suffix
+
+
+def _read(v: "Variable") -> Any:
+    x = v.raw_value
+    if isinstance(x, _Tracer):
+        _check_live(v, x)
+    return x
+
+
+def _check_live(v: "Variable", x: Any) -> None:
+    """Raise TracerLeakError if ``x`` belongs to a trace that is not running any more."""
+    trace = getattr(x, "_trace", None)
+    if trace is None or _trace_ctx is None:
+        return
+    t, depth = _trace_ctx.trace, 0
+    while t is not None:  # the running traces: the current one and its parents
+        if t is trace:
+            return
+        t, depth = getattr(t, "parent_trace", None), depth + 1
+    is_valid = getattr(trace, "is_valid", None)
+    if depth > 1 and (is_valid is None or is_valid()):
+        return  # inside some other transformation and not provably dead: JAX will judge
+    raise TracerLeakError(_leak_message(v, x))
+
+
+def _leak_message(v: "Variable", x: Any) -> str:
+    hint = getattr(v, "_nnx_path", None)
+    if hint is not None:
+        root, path = hint
+        if isinstance(root, tuple):  # a joint traversal of several roots (a transform's arguments)
+            root, path = (root[path[0]], path[1:]) if path else ("arguments", path)
+        where = f"{'/'.join(map(str, path)) or '<root>'} of a {root}"
+    else:
+        where = "<path unknown: it was never split or passed to an nnxlite transform>"
+    aval = getattr(x, "aval", None)
+    what = aval.str_short() if hasattr(aval, "str_short") else type(x).__name__
+    return (
+        f"{type(v).__name__} Variable at {where} holds a {type(x).__name__} ({what}) from a JAX "
+        "transformation that has already finished, so it has no value.\n"
+        "This happens when a function under jax.jit/vmap/grad/scan changes a module it closed over "
+        "instead of taking it as an argument. Fix: pass the module to an nnxlite transform "
+        "(nnx.jit, nnx.vmap, nnx.grad, ...) as an argument so its updates are returned and written back, "
+        "or with plain JAX use nnx.split before and return the new state (nnx.merge / nnx.update) after. "
+        "Assigning a concrete value (variable.value = ...) repairs this Variable."
+    )
+
+
 _new = object.__new__
 
 
@@ -256,19 +339,19 @@ def _binary(op, reflected: bool = False):
     if reflected:
 
         def method(self, other):
-            return op(_unbox(other), self.raw_value)
+            return op(_unbox(other), _read(self))
 
     else:
 
         def method(self, other):
-            return op(self.raw_value, _unbox(other))
+            return op(_read(self), _unbox(other))
 
     return method
 
 
 def _inplace(op):
     def method(self, other):
-        self.raw_value = op(self.raw_value, _unbox(other))
+        self.raw_value = op(_read(self), _unbox(other))
         return self
 
     return method
@@ -276,13 +359,13 @@ def _inplace(op):
 
 def _unary(op):
     def method(self):
-        return op(self.raw_value)
+        return op(_read(self))
 
     return method
 
 
 def _unbox(x):
-    return x.raw_value if isinstance(x, Variable) else x
+    return _read(x) if isinstance(x, Variable) else x
 
 
 for _name, _op in [

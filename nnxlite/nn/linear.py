@@ -1,7 +1,14 @@
-"""Dense layers."""
+"""Dense layers: :class:`Linear`, :class:`LinearGeneral` and :class:`Einsum`.
+
+All three store a ``kernel`` and an optional ``bias`` (``nnx.Param``) with
+the names and layouts flax.nnx uses, so weights move between the two
+libraries by path.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -9,22 +16,24 @@ import jax.numpy as jnp
 
 from nnxlite.module import Module
 from nnxlite.nn import initializers
+from nnxlite.nn.dtypes import promote_dtype
+from nnxlite.nn.initializers import Initializer
+from nnxlite.functional import param_from_init
 from nnxlite.rng import Context
-from nnxlite.variables import Param
+from nnxlite.variables import Variable
 
-__all__ = ["Linear"]
+__all__ = ["Linear", "LinearGeneral", "Einsum"]
 
 
 class Linear(Module):
     """``y = x @ kernel + bias`` with ``kernel`` of shape ``(in_features, out_features)``.
 
-    Parameter names and layout match flax.nnx, so weights move between the
-    two by path.
-
     >>> import jax.numpy as jnp, nnxlite as nnx
     >>> layer = nnx.Linear(3, 4, ctx=nnx.context(0))
     >>> layer(jnp.ones((2, 3))).shape
     (2, 4)
+    >>> layer.kernel.shape, layer.bias.shape
+    ((3, 4), (4,))
 
     Args:
       in_features, out_features: input and output widths.
@@ -33,7 +42,7 @@ class Linear(Module):
       param_dtype: dtype the parameters are stored in.
       precision: matmul precision passed to ``jax.lax.dot_general``.
       kernel_init, bias_init: initializers ``(key, shape, dtype) -> array``.
-      ctx: the :class:`~nnxlite.Context` to draw the ``params`` key from.
+      ctx: the :class:`~nnxlite.Context` to draw the ``params`` keys from.
     """
 
     def __init__(
@@ -45,8 +54,8 @@ class Linear(Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         precision: Any = None,
-        kernel_init=initializers.default_kernel_init,
-        bias_init=initializers.default_bias_init,
+        kernel_init: Initializer = initializers.default_kernel_init,
+        bias_init: Initializer = initializers.default_bias_init,
         ctx: Context,
     ):
         self.in_features = in_features
@@ -55,21 +64,255 @@ class Linear(Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
-        self.kernel = Param(kernel_init(ctx.make_rng("params"), (in_features, out_features), param_dtype))
-        self.bias = Param(bias_init(ctx.make_rng("params"), (out_features,), param_dtype)) if use_bias else None
+        self.kernel = param_from_init(kernel_init, ctx.make_rng("params"), (in_features, out_features), param_dtype)
+        self.bias = param_from_init(bias_init, ctx.make_rng("params"), (out_features,), param_dtype) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.kernel.value
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(
+                f"Linear(in_features={self.in_features}, out_features={self.out_features}) expected inputs whose "
+                f"last axis has size {self.in_features}, got shape {tuple(x.shape)}."
+            )
         bias = self.bias.value if self.bias is not None else None
-        x, kernel, bias = _promote(self.dtype, x, kernel, bias)
+        x, kernel, bias = promote_dtype(x, self.kernel.value, bias, dtype=self.dtype)
         y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
         if bias is not None:
             y = y + bias
         return y
 
 
-def _promote(dtype: Any, *arrays):
-    """Cast arrays to ``dtype``, or to their common type when ``dtype`` is None."""
-    present = [a for a in arrays if a is not None]
-    target = dtype if dtype is not None else jnp.result_type(*present)
-    return tuple(None if a is None else jnp.asarray(a, target) for a in arrays)
+class _Reshaped:
+    """An initializer that draws ``init(key, drawn_shape)`` and reshapes it to the requested shape.
+
+    LinearGeneral initializes its kernel as the ``(fan_in, fan_out)`` matrix
+    it acts as, so fan-based initializers scale correctly whatever the
+    number of feature axes. A boxed result (``with_partitioning``) keeps its
+    metadata.
+    """
+
+    __slots__ = ("init", "drawn_shape")
+
+    def __init__(self, init: Initializer, drawn_shape: tuple[int, ...]):
+        self.init = init
+        self.drawn_shape = drawn_shape
+
+    def __call__(self, key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Any:
+        value = self.init(key, self.drawn_shape, dtype)
+        if isinstance(value, Variable):
+            return value.replace(jnp.reshape(value.raw_value, shape))
+        return jnp.reshape(value, shape)
+
+    def __repr__(self) -> str:
+        name = getattr(self.init, "__qualname__", None) or repr(self.init)
+        return f"reshaped({name}, drawn as {self.drawn_shape})"
+
+
+def _as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
+    return (int(x),) if isinstance(x, int) else tuple(int(v) for v in x)
+
+
+class LinearGeneral(Module):
+    """A dense layer that contracts any input axes and produces any output shape.
+
+    The ``kernel`` has shape ``(*batch_sizes, *in_features, *out_features)``
+    and the ``bias`` ``(*batch_sizes, *out_features)``. The input axes named
+    by ``axis`` (one per entry of ``in_features``) are contracted away and
+    the output feature axes are appended at the end; ``batch_axis`` maps
+    *leading* input axes to a separate kernel per index (like a batched
+    matmul).
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> heads = nnx.LinearGeneral(8, (2, 4), ctx=nnx.context(0))   # split into 2 heads of 4
+    >>> heads(jnp.ones((3, 5, 8))).shape
+    (3, 5, 2, 4)
+    >>> merge = nnx.LinearGeneral((2, 4), 8, axis=(-2, -1), ctx=nnx.context(0))
+    >>> merge(jnp.ones((3, 5, 2, 4))).shape
+    (3, 5, 8)
+
+    The initializers see the kernel as a matrix of shape
+    ``(prod(batch) * prod(in_features), prod(out_features))`` (then reshaped),
+    so fan-in based initializers such as ``lecun_normal`` scale correctly.
+
+    Args:
+      in_features: size(s) of the contracted input axes.
+      out_features: size(s) of the output feature axes.
+      axis: the input axis or axes to contract (same length as ``in_features``).
+      batch_axis: ``{axis: size}`` for leading batch axes with their own kernel;
+        the axes must be ``0, 1, ...`` in order.
+      use_bias, dtype, param_dtype, precision, kernel_init, bias_init, ctx: as
+        for :class:`Linear`.
+    """
+
+    def __init__(
+        self,
+        in_features: int | Sequence[int],
+        out_features: int | Sequence[int],
+        *,
+        axis: int | Sequence[int] = -1,
+        batch_axis: Mapping[int, int] | None = None,
+        use_bias: bool = True,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: Any = None,
+        kernel_init: Initializer = initializers.default_kernel_init,
+        bias_init: Initializer = initializers.default_bias_init,
+        ctx: Context,
+    ):
+        self.in_features = _as_tuple(in_features)
+        self.out_features = _as_tuple(out_features)
+        self.axis = _as_tuple(axis)
+        # Stored as sorted pairs: static attributes must be hashable.
+        self.batch_axis = tuple(sorted((int(a), int(n)) for a, n in (batch_axis or {}).items()))
+        self.use_bias = use_bias
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        if len(self.in_features) != len(self.axis):
+            raise ValueError(
+                f"LinearGeneral: in_features={self.in_features} and axis={self.axis} must have the same length "
+                f"(one contracted axis per input feature size)."
+            )
+        batch_axes = [a for a, _ in self.batch_axis]
+        if batch_axes != list(range(len(batch_axes))):
+            raise ValueError(
+                f"LinearGeneral: batch_axis keys must be the leading axes 0, 1, ... in order; got {batch_axes}."
+            )
+        batch_sizes = tuple(n for _, n in self.batch_axis)
+        kernel_shape = batch_sizes + self.in_features + self.out_features
+        flat_kernel = (math.prod(batch_sizes) * math.prod(self.in_features), math.prod(self.out_features))
+        self.kernel = param_from_init(_Reshaped(kernel_init, flat_kernel), ctx.make_rng("params"), kernel_shape, param_dtype)
+        if use_bias:
+            bias_shape = batch_sizes + self.out_features
+            bias_init = _Reshaped(bias_init, (math.prod(bias_shape),))
+            self.bias = param_from_init(bias_init, ctx.make_rng("params"), bias_shape, param_dtype)
+        else:
+            self.bias = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        ndim = x.ndim
+        axes = tuple(sorted(a % ndim for a in self.axis)) if ndim else ()
+        if len(set(axes)) != len(self.axis) or any(not -ndim <= a < ndim for a in self.axis):
+            raise ValueError(
+                f"LinearGeneral: axis={self.axis} does not name {len(self.axis)} distinct axes of inputs "
+                f"with shape {tuple(x.shape)}."
+            )
+        # Feature sizes are matched to axes in the order the axes appear in the input.
+        order = sorted(range(len(self.axis)), key=lambda i: self.axis[i] % ndim)
+        found = tuple(x.shape[self.axis[i] % ndim] for i in order)
+        expected = tuple(self.in_features[i] for i in order)
+        if found != expected:
+            raise ValueError(
+                f"LinearGeneral(in_features={self.in_features}, axis={self.axis}) expected sizes {expected} on "
+                f"axes {axes}, got inputs of shape {tuple(x.shape)}."
+            )
+        n_batch = len(self.batch_axis)
+        batch_axes = tuple(range(n_batch))
+        kernel_in = tuple(n_batch + i for i in order)
+        bias = self.bias.value if self.bias is not None else None
+        x, kernel, bias = promote_dtype(x, self.kernel.value, bias, dtype=self.dtype)
+        y = jax.lax.dot_general(x, kernel, ((axes, kernel_in), (batch_axes, batch_axes)), precision=self.precision)
+        if bias is not None:
+            # dot_general puts batch axes first, then the free input axes, then the features.
+            n_free = ndim - len(axes) - n_batch
+            bias_shape = bias.shape[:n_batch] + (1,) * n_free + self.out_features
+            y = y + bias.reshape(bias_shape)
+        return y
+
+
+class Einsum(Module):
+    """A dense layer written as an einsum: ``y = einsum(einsum_str, x, kernel) + bias``.
+
+    ``einsum_str`` has exactly two operands, the input then the kernel, and
+    an explicit output (``'...d,dhk->...hk'``). The ``bias`` (if
+    ``bias_shape`` is given) is added on the output axes that come from the
+    kernel.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> layer = nnx.Einsum("btd,dhk->bthk", (8, 2, 4), (2, 4), ctx=nnx.context(0))
+    >>> layer(jnp.ones((3, 5, 8))).shape
+    (3, 5, 2, 4)
+
+    Args:
+      einsum_str: the equation, or None to give it at call time (a call-time
+        equation overrides the constructor's).
+      kernel_shape: shape of ``kernel``.
+      bias_shape: shape of ``bias``, or None for no bias.
+      dtype, param_dtype, precision, kernel_init, bias_init, ctx: as for
+        :class:`Linear`.
+    """
+
+    def __init__(
+        self,
+        einsum_str: str | None,
+        kernel_shape: Sequence[int],
+        bias_shape: Sequence[int] | None = None,
+        *,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: Any = None,
+        kernel_init: Initializer = initializers.default_kernel_init,
+        bias_init: Initializer = initializers.default_bias_init,
+        ctx: Context,
+    ):
+        self.einsum_str = None if einsum_str is None else _check_equation(einsum_str, tuple(kernel_shape))
+        self.kernel_shape = tuple(kernel_shape)
+        self.bias_shape = None if bias_shape is None else tuple(bias_shape)
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        self.kernel = param_from_init(kernel_init, ctx.make_rng("params"), self.kernel_shape, param_dtype)
+        if self.bias_shape is not None:
+            self.bias = param_from_init(bias_init, ctx.make_rng("params"), self.bias_shape, param_dtype)
+        else:
+            self.bias = None
+
+    def __call__(self, x: jax.Array, einsum_str: str | None = None) -> jax.Array:
+        if einsum_str is None and self.einsum_str is None:
+            raise ValueError(
+                "Einsum has no equation: pass einsum_str to the constructor or at call time, "
+                "e.g. layer(x, 'bd,dk->bk')."
+            )
+        eq = self.einsum_str if einsum_str is None else _check_equation(einsum_str, self.kernel_shape)
+        bias = self.bias.value if self.bias is not None else None
+        x, kernel, bias = promote_dtype(x, self.kernel.value, bias, dtype=self.dtype)
+        y = jnp.einsum(eq, x, kernel, precision=self.precision)
+        if bias is not None:
+            shape = _bias_broadcast_shape(eq, self.kernel_shape, y.ndim)
+            if math.prod(shape) != bias.size:
+                kernel_axes = tuple(n for n in shape if n != 1)
+                raise ValueError(
+                    f"Einsum: bias_shape {self.bias_shape} does not fit {eq!r}: the output axes that come from "
+                    f"the kernel have sizes {kernel_axes}, so the bias needs that shape."
+                )
+            y = y + bias.reshape(shape)
+        return y
+
+
+def _check_equation(einsum_str: str, kernel_shape: tuple[int, ...]) -> str:
+    eq = einsum_str.replace(" ", "")
+    if "->" not in eq:
+        raise ValueError(f"Einsum: the equation {einsum_str!r} must be explicit, with '->' and an output.")
+    inputs = eq.split("->")[0]
+    if inputs.count(",") != 1:
+        raise ValueError(f"Einsum: the equation {einsum_str!r} must have exactly two operands: input,kernel.")
+    rhs = inputs.split(",")[1]
+    if "." in rhs:
+        raise ValueError(f"Einsum: the kernel operand {rhs!r} cannot use '...'; name every kernel axis.")
+    if len(rhs) != len(kernel_shape):
+        raise ValueError(
+            f"Einsum: the kernel operand {rhs!r} names {len(rhs)} axes but kernel_shape is {kernel_shape}."
+        )
+    return eq
+
+
+def _bias_broadcast_shape(eq: str, kernel_shape: tuple[int, ...], y_ndim: int) -> tuple[int, ...]:
+    """Shape that puts the bias on the output axes coming from the kernel (1 elsewhere)."""
+    rhs, out = eq.split("->")[0].split(",")[1], eq.split("->")[1]
+    sizes = dict(zip(rhs, kernel_shape))
+    shape: list[int] = []
+    for token in out.replace("...", "."):
+        if token == ".":
+            shape.extend([1] * (y_ndim - (len(out) - 3)))
+        else:
+            shape.append(sizes.get(token, 1))
+    return tuple(shape)

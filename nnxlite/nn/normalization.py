@@ -1,43 +1,172 @@
-"""Normalization layers."""
+"""Normalization layers: :class:`BatchNorm`, :class:`LayerNorm`, :class:`RMSNorm`, :class:`GroupNorm`.
+
+Every layer normalizes as ``(x - mean) / sqrt(var + epsilon)``, then
+multiplies by a learned ``scale`` and adds a learned ``bias`` (both
+``nnx.Param`` of shape ``(num_features,)``, named as in flax.nnx). What
+differs is the set of axes the statistics are taken over:
+
+* BatchNorm — over the batch (every axis but the feature axis), with running
+  averages for evaluation;
+* LayerNorm — over the feature axis of each example;
+* RMSNorm — like LayerNorm without subtracting the mean (and no bias);
+* GroupNorm — over groups of channels (and the spatial axes) of each example.
+
+Statistics are computed in at least float32, even for half-precision inputs.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from nnxlite.module import Module
 from nnxlite.nn import initializers
-from nnxlite.nn.linear import _promote
+from nnxlite.nn.dtypes import promote_dtype, result_dtype
+from nnxlite.nn.initializers import Initializer
+from nnxlite.functional import param_from_init
 from nnxlite.rng import Context
-from nnxlite.variables import BatchStat, Param
+from nnxlite.variables import BatchStat
 
-__all__ = ["BatchNorm"]
+__all__ = ["BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm"]
+
+Axes = int | Sequence[int]
+
+
+def _axes(ndim: int, axes: Axes) -> tuple[int, ...]:
+    """Sorted, non-negative, de-duplicated axes."""
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    return tuple(sorted({a % ndim for a in axes}))
+
+
+def _freeze(groups: Any) -> Any:
+    """Device groups as nested tuples: static attributes must be hashable."""
+    return None if groups is None else tuple(tuple(g) for g in groups)
+
+
+def _moments(
+    x: jax.Array,
+    axes: tuple[int, ...],
+    *,
+    dtype: Any,
+    use_mean: bool = True,
+    use_fast_variance: bool = True,
+    axis_name: str | None = None,
+    axis_index_groups: Any = None,
+    mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Mean and variance of ``x`` over ``axes`` (mean is 0 when ``use_mean=False``).
+
+    Computed in ``dtype`` promoted to at least float32. With an ``axis_name``
+    the per-device means are averaged with one ``lax.pmean``. The fast
+    variance is ``E[x^2] - E[x]^2`` (one pass, clipped at 0); the slow one is
+    ``E[(x - E[x])^2]``.
+    """
+    x = jnp.asarray(x, jnp.promote_types(dtype or x.dtype, jnp.float32))
+
+    def mean(*values):
+        out = tuple(v.mean(axes, where=mask) for v in values)
+        if axis_name is not None:
+            out = lax.pmean(out, axis_name, axis_index_groups=axis_index_groups)
+        return out
+
+    if not use_mean:
+        (var,) = mean(jnp.square(x))
+        return jnp.zeros_like(var), var
+    if use_fast_variance:
+        mu, mu2 = mean(x, jnp.square(x))
+        return mu, jnp.maximum(mu2 - jnp.square(mu), 0.0)
+    (mu,) = mean(x)
+    (var,) = mean(jnp.square(x - jnp.expand_dims(mu, axes)))
+    return mu, var
+
+
+def _normalize(
+    x: jax.Array,
+    mean: jax.Array,
+    var: jax.Array,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    reduction_axes: tuple[int, ...],
+    feature_axes: tuple[int, ...],
+    dtype: Any,
+    epsilon: float,
+) -> jax.Array:
+    """``(x - mean) * rsqrt(var + eps) * scale + bias``, broadcasting stats and params into place."""
+    stats_shape = tuple(1 if i in reduction_axes else n for i, n in enumerate(x.shape))
+    feature_shape = tuple(n if i in feature_axes else 1 for i, n in enumerate(x.shape))
+    multiplier = lax.rsqrt(var.reshape(stats_shape) + epsilon)
+    if scale is not None:
+        multiplier = multiplier * scale.reshape(feature_shape)
+    y = (x - mean.reshape(stats_shape)) * multiplier
+    if bias is not None:
+        y = y + bias.reshape(feature_shape)
+    return jnp.asarray(y, result_dtype(x, scale, bias, dtype=dtype))
+
+
+def _feature_param(use: bool, init: Initializer, num_features: int, param_dtype: Any, ctx: Context | None):
+    """A ``Param`` of shape ``(num_features,)`` made by ``init``, or None when unused.
+
+    Each parameter draws its own ``params`` key; the default initializers
+    (ones, zeros) ignore the key, so the Context is optional.
+    """
+    if not use:
+        return None
+    key = ctx.make_rng("params") if ctx is not None else jax.random.PRNGKey(0)
+    return param_from_init(init, key, (num_features,), param_dtype)
+
+
+def _params(module: Module) -> tuple[jax.Array | None, jax.Array | None]:
+    scale = module.scale.value if module.scale is not None else None
+    bias = getattr(module, "bias", None)
+    return scale, (bias.value if bias is not None else None)
+
+
+def _check_features(module: Module, x: jax.Array, axes: tuple[int, ...]) -> None:
+    size = 1
+    for a in axes:
+        size *= x.shape[a]
+    if size != module.num_features:
+        raise ValueError(
+            f"{type(module).__name__}(num_features={module.num_features}) expected feature axes {axes} of the "
+            f"inputs to hold {module.num_features} features, got shape {tuple(x.shape)}."
+        )
 
 
 class BatchNorm(Module):
     """Batch normalization over all axes but ``axis``, with running averages.
 
     In training mode (``use_running_average=False``) it normalizes with the
-    batch statistics and updates ``mean``/``var`` (BatchStat Variables) as
-    ``ra = momentum * ra + (1 - momentum) * batch``; in eval mode it uses them.
+    batch statistics and updates ``mean``/``var`` (``nnx.BatchStat``) as
+    ``ra = momentum * ra + (1 - momentum) * batch``; in evaluation mode it
+    normalizes with them and changes nothing.
 
     >>> import jax.numpy as jnp, nnxlite as nnx
     >>> bn = nnx.BatchNorm(3, ctx=nnx.context(0))
     >>> y = bn(jnp.arange(6.0).reshape(2, 3))
     >>> [round(float(m), 3) for m in bn.mean.value]
     [0.015, 0.025, 0.035]
+    >>> y_eval = bn(jnp.ones((2, 3)), use_running_average=True)   # per-call override
+    >>> [round(float(m), 3) for m in bn.mean.value]                # unchanged
+    [0.015, 0.025, 0.035]
 
     Args:
       num_features: size of the feature axis.
-      use_running_average: default mode; ``model.eval()``/``.train()`` flip it,
-        and the call keyword overrides it.
+      use_running_average: the default mode; ``model.eval()``/``.train()``
+        set it, and the call keyword overrides it for one call.
       axis: the feature axis.
       momentum, epsilon: running-average decay and variance epsilon.
+      dtype, param_dtype: computation and parameter dtypes.
       use_bias, use_scale: learnable shift (``bias``) and scale (``scale``).
-      axis_name: a vmap/pmap axis name to average statistics over.
-      ctx: accepted for a uniform constructor signature (no randomness is used).
+      bias_init, scale_init: their initializers.
+      axis_name, axis_index_groups: a ``pmap``/``shard_map`` axis name (and
+        device groups) to average the batch statistics over.
+      use_fast_variance: one-pass ``E[x^2] - E[x]^2`` (faster, less precise).
+      ctx: a Context for the initializers' keys (optional: the default
+        initializers need none).
     """
 
     def __init__(
@@ -52,9 +181,11 @@ class BatchNorm(Module):
         param_dtype: Any = jnp.float32,
         use_bias: bool = True,
         use_scale: bool = True,
-        bias_init=initializers.zeros,
-        scale_init=initializers.ones,
+        bias_init: Initializer = initializers.zeros,
+        scale_init: Initializer = initializers.ones,
         axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
         ctx: Context | None = None,
     ):
         self.num_features = num_features
@@ -67,12 +198,13 @@ class BatchNorm(Module):
         self.use_bias = use_bias
         self.use_scale = use_scale
         self.axis_name = axis_name
-        shape = (num_features,)
-        self.mean = BatchStat(jnp.zeros(shape, jnp.float32))
-        self.var = BatchStat(jnp.ones(shape, jnp.float32))
-        key = ctx.make_rng("params") if ctx is not None else jax.random.PRNGKey(0)
-        self.scale = Param(scale_init(key, shape, param_dtype)) if use_scale else None
-        self.bias = Param(bias_init(key, shape, param_dtype)) if use_bias else None
+        self.axis_index_groups = _freeze(axis_index_groups)
+        self.use_fast_variance = use_fast_variance
+        # Recipes too (zeros/ones), so nnx.transform's init_fn starts from fresh statistics.
+        self.mean = param_from_init(initializers.zeros, None, (num_features,), jnp.float32, variable_type=BatchStat)
+        self.var = param_from_init(initializers.ones, None, (num_features,), jnp.float32, variable_type=BatchStat)
+        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx)
+        self.bias = _feature_param(use_bias, bias_init, num_features, param_dtype, ctx)
 
     def __call__(
         self,
@@ -82,30 +214,252 @@ class BatchNorm(Module):
         mask: jax.Array | None = None,
         ctx: Context | None = None,
     ) -> jax.Array:
+        """Normalize ``x``; ``mask`` (broadcastable to ``x``) selects the entries the statistics use.
+
+        ``ctx`` is accepted (and ignored) so a model can pass one Context to
+        every layer.
+        """
         if use_running_average is None:
             use_running_average = self.use_running_average
-        axis = self.axis % x.ndim
-        reduce_axes = tuple(i for i in range(x.ndim) if i != axis)
-        feature_shape = [1] * x.ndim
-        feature_shape[axis] = self.num_features
-        if use_running_average:
-            mean, var = self.mean.value, self.var.value
-        else:
-            xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-            mean = jnp.mean(xf, axis=reduce_axes, where=mask)
-            mean_sq = jnp.mean(jnp.square(xf), axis=reduce_axes, where=mask)
-            if self.axis_name is not None:
-                mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
-            var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+        feature_axes = _axes(x.ndim, self.axis)
+        _check_features(self, x, feature_axes)
+        reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
+        scale, bias = _params(self)
+        x, mean, var, scale, bias = promote_dtype(x, self.mean.value, self.var.value, scale, bias, dtype=self.dtype)
+        if not use_running_average:
+            mean, var = _moments(
+                x, reduction_axes, dtype=self.dtype, use_fast_variance=self.use_fast_variance,
+                axis_name=self.axis_name, axis_index_groups=self.axis_index_groups, mask=mask,
+            )
             m = self.momentum
             self.mean.value = m * self.mean.value + (1 - m) * mean
             self.var.value = m * self.var.value + (1 - m) * var
-        scale = self.scale.value if self.scale is not None else None
-        bias = self.bias.value if self.bias is not None else None
-        y = (x - mean.reshape(feature_shape)) * jax.lax.rsqrt(var.reshape(feature_shape) + self.epsilon)
-        if scale is not None:
-            y = y * scale.reshape(feature_shape)
-        if bias is not None:
-            y = y + bias.reshape(feature_shape)
-        (y,) = _promote(self.dtype or jnp.result_type(x, *(p for p in (scale, bias) if p is not None)), y)
-        return y
+        return _normalize(x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon)
+
+
+class LayerNorm(Module):
+    """Layer normalization: normalize each example over its feature axis.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> ln = nnx.LayerNorm(4, ctx=nnx.context(0))
+    >>> y = ln(jnp.array([[1.0, 2.0, 3.0, 4.0]]))
+    >>> round(float(y.mean()), 6), round(float(y.std()), 3)
+    (0.0, 1.0)
+
+    Args:
+      num_features: number of features (the product of the sizes of
+        ``feature_axes``).
+      epsilon: added to the variance.
+      dtype, param_dtype: computation and parameter dtypes.
+      use_bias, use_scale, bias_init, scale_init: the learned ``bias``/``scale``.
+      reduction_axes: the axes the statistics are taken over (default: last).
+      feature_axes: the axes ``scale``/``bias`` apply to (default: last).
+      axis_name, axis_index_groups: average statistics across devices.
+      use_fast_variance: one-pass ``E[x^2] - E[x]^2``.
+      ctx: optional Context for the initializers' keys.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = initializers.zeros,
+        scale_init: Initializer = initializers.ones,
+        reduction_axes: Axes = -1,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        ctx: Context | None = None,
+    ):
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.reduction_axes = reduction_axes if isinstance(reduction_axes, int) else tuple(reduction_axes)
+        self.feature_axes = feature_axes if isinstance(feature_axes, int) else tuple(feature_axes)
+        self.axis_name = axis_name
+        self.axis_index_groups = _freeze(axis_index_groups)
+        self.use_fast_variance = use_fast_variance
+        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx)
+        self.bias = _feature_param(use_bias, bias_init, num_features, param_dtype, ctx)
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """Normalize ``x``; ``mask`` selects the entries the statistics use."""
+        reduction_axes, feature_axes = _axes(x.ndim, self.reduction_axes), _axes(x.ndim, self.feature_axes)
+        _check_features(self, x, feature_axes)
+        scale, bias = _params(self)
+        x, scale, bias = promote_dtype(x, scale, bias, dtype=self.dtype)
+        mean, var = _moments(
+            x, reduction_axes, dtype=self.dtype, use_fast_variance=self.use_fast_variance,
+            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups, mask=mask,
+        )
+        return _normalize(x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon)
+
+
+class RMSNorm(Module):
+    """Root-mean-square normalization: ``x / sqrt(mean(x^2) + epsilon) * scale``.
+
+    Unlike LayerNorm it does not subtract the mean and has no bias.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> rms = nnx.RMSNorm(2, ctx=nnx.context(0))
+    >>> [round(v, 4) for v in rms(jnp.array([3.0, 4.0])).tolist()]   # rms = sqrt(12.5)
+    [0.8485, 1.1314]
+
+    Args:
+      num_features, epsilon, dtype, param_dtype, use_scale, scale_init,
+      reduction_axes, feature_axes, axis_name, axis_index_groups,
+      use_fast_variance, ctx: as for :class:`LayerNorm`.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_scale: bool = True,
+        scale_init: Initializer = initializers.ones,
+        reduction_axes: Axes = -1,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        ctx: Context | None = None,
+    ):
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_scale = use_scale
+        self.reduction_axes = reduction_axes if isinstance(reduction_axes, int) else tuple(reduction_axes)
+        self.feature_axes = feature_axes if isinstance(feature_axes, int) else tuple(feature_axes)
+        self.axis_name = axis_name
+        self.axis_index_groups = _freeze(axis_index_groups)
+        self.use_fast_variance = use_fast_variance
+        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx)
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """Normalize ``x``; ``mask`` selects the entries the statistics use."""
+        reduction_axes, feature_axes = _axes(x.ndim, self.reduction_axes), _axes(x.ndim, self.feature_axes)
+        _check_features(self, x, feature_axes)
+        scale, _ = _params(self)
+        x, scale = promote_dtype(x, scale, dtype=self.dtype)
+        mean, var = _moments(
+            x, reduction_axes, dtype=self.dtype, use_mean=False, use_fast_variance=self.use_fast_variance,
+            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups, mask=mask,
+        )
+        return _normalize(x, mean, var, scale, None, reduction_axes, feature_axes, self.dtype, self.epsilon)
+
+
+class GroupNorm(Module):
+    """Group normalization: split the channels (last axis) into groups, normalize each group.
+
+    The statistics of a group are taken over its channels and, by default,
+    every axis between the leading batch axis and the channels (the spatial
+    axes); ``num_groups=1`` is LayerNorm over all non-batch axes, and
+    ``group_size=1`` is instance normalization.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> gn = nnx.GroupNorm(6, num_groups=3, ctx=nnx.context(0))
+    >>> gn(jnp.ones((2, 5, 5, 6))).shape
+    (2, 5, 5, 6)
+
+    Args:
+      num_features: number of channels.
+      num_groups: number of groups; pass ``num_groups=None`` to give
+        ``group_size`` instead. Either must divide ``num_features``.
+      group_size: channels per group.
+      reduction_axes: the axes the statistics are taken over; must include
+        the last axis. Default: every axis but the first (the batch axis).
+      epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init,
+      axis_name, axis_index_groups, use_fast_variance, ctx: as for :class:`LayerNorm`.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_groups: int | None = 32,
+        group_size: int | None = None,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = initializers.zeros,
+        scale_init: Initializer = initializers.ones,
+        reduction_axes: Axes | None = None,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        ctx: Context | None = None,
+    ):
+        if (num_groups is None) == (group_size is None):
+            raise ValueError(
+                f"GroupNorm: give exactly one of num_groups and group_size (got num_groups={num_groups}, "
+                f"group_size={group_size}); to use group_size, also pass num_groups=None."
+            )
+        if group_size is not None:
+            if group_size <= 0 or num_features % group_size:
+                raise ValueError(f"GroupNorm: group_size={group_size} does not divide num_features={num_features}.")
+            num_groups = num_features // group_size
+        elif num_groups <= 0 or num_features % num_groups:
+            raise ValueError(
+                f"GroupNorm: num_groups={num_groups} does not divide num_features={num_features}; "
+                "choose a divisor (the default is 32)."
+            )
+        self.num_features = num_features
+        self.num_groups = num_groups
+        self.group_size = num_features // num_groups
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        if reduction_axes is not None and not isinstance(reduction_axes, int):
+            reduction_axes = tuple(reduction_axes)
+        self.reduction_axes = reduction_axes
+        self.axis_name = axis_name
+        self.axis_index_groups = _freeze(axis_index_groups)
+        self.use_fast_variance = use_fast_variance
+        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx)
+        self.bias = _feature_param(use_bias, bias_init, num_features, param_dtype, ctx)
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """Normalize ``x`` (channels last); ``mask`` selects the entries the statistics use."""
+        last = x.ndim - 1
+        _check_features(self, x, (last,))
+        if self.reduction_axes is None:
+            reduction_axes = tuple(range(1, x.ndim))
+        else:
+            reduction_axes = _axes(x.ndim, self.reduction_axes)
+            if last not in reduction_axes:
+                raise ValueError(f"GroupNorm: reduction_axes={self.reduction_axes} must include the last (channel) axis.")
+        scale, bias = _params(self)
+        x, scale, bias = promote_dtype(x, scale, bias, dtype=self.dtype)
+        # View the channels as (groups, group_size) and reduce over the group's own axis.
+        grouped = x.reshape(x.shape[:-1] + (self.num_groups, self.group_size))
+        if mask is not None:
+            mask = jnp.broadcast_to(mask, x.shape).reshape(grouped.shape)
+        group_axes = tuple(a for a in reduction_axes if a != last) + (last + 1,)
+        mean, var = _moments(
+            grouped, group_axes, dtype=self.dtype, use_fast_variance=self.use_fast_variance,
+            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups, mask=mask,
+        )
+        # Back to one statistic per channel: repeat each group's value group_size times.
+        keep = tuple(1 if a in group_axes else n for a, n in enumerate(grouped.shape))
+        stats_shape = tuple(1 if a in reduction_axes and a != last else n for a, n in enumerate(x.shape))
+        mean = jnp.broadcast_to(mean.reshape(keep[:-1] + (1,)), keep[:-1] + (self.group_size,)).reshape(stats_shape)
+        var = jnp.broadcast_to(var.reshape(keep[:-1] + (1,)), keep[:-1] + (self.group_size,)).reshape(stats_shape)
+        stat_axes = tuple(a for a in reduction_axes if a != last)
+        return _normalize(x, mean, var, scale, bias, stat_axes, (last,), self.dtype, self.epsilon)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from nnxlite.module import Module
-from nnxlite.rng import Context
+from nnxlite.rng import Context, RngStream
 
 __all__ = ["Dropout"]
 
@@ -16,22 +16,26 @@ __all__ = ["Dropout"]
 class Dropout(Module):
     """Zero each element with probability ``rate`` and scale the rest by ``1/(1-rate)``.
 
-    The key comes from the ``dropout`` stream of the Context given at call
-    time (``ctx=``) or at construction; ``deterministic=True`` (or
-    ``model.eval()``) turns it off.
+    The key comes from the ``dropout`` stream (``rng_collection``) of the
+    Context given at call time (``ctx=``) or, failing that, at construction.
+    ``deterministic=True`` (or ``model.eval()``) turns it into the identity;
+    the call keyword overrides the mode for one call.
 
     >>> import jax.numpy as jnp, nnxlite as nnx
     >>> drop = nnx.Dropout(0.5)
     >>> y = drop(jnp.ones(1000), ctx=nnx.context(dropout=0))
     >>> sorted(set(y.tolist()))
     [0.0, 2.0]
+    >>> drop(jnp.ones(3), deterministic=True).tolist()
+    [1.0, 1.0, 1.0]
 
     Args:
-      rate: the drop probability.
+      rate: the drop probability, in ``[0, 1]``.
       broadcast_dims: axes that share one mask (e.g. the sequence axis).
-      deterministic: default mode; the call keyword overrides it.
+      deterministic: the default mode.
       rng_collection: the stream name to draw from.
-      ctx: an optional Context kept for calls that do not pass one.
+      ctx: an optional Context (or one RngStream) kept for calls that do not
+        pass one; its stream state then becomes part of the model's state.
     """
 
     def __init__(
@@ -41,32 +45,75 @@ class Dropout(Module):
         broadcast_dims: Sequence[int] = (),
         deterministic: bool = False,
         rng_collection: str = "dropout",
-        ctx: Context | None = None,
+        ctx: Context | RngStream | None = None,
     ):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"Dropout: rate={rate} must be a probability in [0, 1].")
         self.rate = rate
         self.broadcast_dims = tuple(broadcast_dims)
         self.deterministic = deterministic
         self.rng_collection = rng_collection
         self.ctx = ctx
 
-    def __call__(self, x: jax.Array, *, deterministic: bool | None = None, ctx: Context | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        deterministic: bool | None = None,
+        ctx: Context | RngStream | jax.Array | None = None,
+    ) -> jax.Array:
+        """Apply dropout; ``ctx`` (a Context, an RngStream or a key) overrides the stored one for this call."""
         if deterministic is None:
             deterministic = self.deterministic
         if deterministic or self.rate == 0.0:
             return x
         if self.rate == 1.0:
             return jnp.zeros_like(x)
-        ctx = ctx if ctx is not None else self.ctx
-        if ctx is None:
-            raise ValueError(
-                "Dropout needs random keys: pass ctx= at call time or construction "
-                "(e.g. ctx=nnx.context(dropout=0)), or set deterministic=True / call model.eval()."
-            )
-        key = ctx.make_rng(self.rng_collection)
+        key = draw_key(ctx if ctx is not None else self.ctx, self.rng_collection, "Dropout")
         keep = 1.0 - self.rate
         shape = list(x.shape)
         for d in self.broadcast_dims:
             shape[d] = 1
-        mask = jax.random.bernoulli(key, keep, shape)
-        mask = jnp.broadcast_to(mask, x.shape)
+        mask = jnp.broadcast_to(bernoulli(key, keep, tuple(shape)), x.shape)
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def bernoulli(key: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:
+    """``jax.random.bernoulli(key, p, shape)``, drawn flat and reshaped.
+
+    The values are identical (JAX's random bits do not depend on the layout),
+    but the draw compiles as a rank-1 op, which is much faster to compile
+    for the rank-3/4 activations dropout usually sees.
+
+    >>> import jax
+    >>> from nnxlite.nn.stochastic import bernoulli
+    >>> key = jax.random.PRNGKey(0)
+    >>> bool((bernoulli(key, 0.5, (2, 3)) == jax.random.bernoulli(key, 0.5, (2, 3))).all())
+    True
+    """
+    size = 1
+    for n in shape:
+        size *= n
+    return jax.random.bernoulli(key, p, (size,)).reshape(shape)
+
+
+def draw_key(source: Context | RngStream | jax.Array | None, stream: str, owner: str) -> jax.Array:
+    """A key from ``source``: a Context's ``stream``, an RngStream, or a key used as is.
+
+    Raises a ``ValueError`` that says how to pass one when ``source`` is None.
+
+    >>> import nnxlite as nnx
+    >>> from nnxlite.nn.stochastic import draw_key
+    >>> draw_key(nnx.context(dropout=0), "dropout", "MyLayer").shape
+    (2,)
+    """
+    if source is None:
+        raise ValueError(
+            f"{owner} needs random keys: pass ctx= at call time or construction "
+            f"(e.g. ctx=nnx.context({stream}=0)), or set deterministic=True / call model.eval()."
+        )
+    if isinstance(source, RngStream):
+        return source()
+    if isinstance(source, Context):
+        return source.make_rng(stream)
+    return source

@@ -1,0 +1,250 @@
+"""Convolutions: :class:`Conv` and :class:`ConvTranspose` (1D, 2D, 3D, ...).
+
+Inputs are channels-last, ``(*batch, *spatial, features)``: NWC, NHWC,
+NDHWC. Any number of leading batch axes is allowed, including none (a
+single example). Kernels are ``(*window, in_features // groups,
+out_features)``, the flax.nnx layout, so weights move between the two
+libraries by path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from nnxlite.module import Module
+from nnxlite.nn import initializers
+from nnxlite.nn._shapes import Padding, as_tuple, canonical_padding, channels_last, fold_batch, unfold_batch
+from nnxlite.nn.dtypes import promote_dtype
+from nnxlite.nn.initializers import Initializer
+from nnxlite.functional import param_from_init
+from nnxlite.rng import Context
+
+__all__ = ["Conv", "ConvTranspose"]
+
+
+def _kernel_size(kernel_size: int | Sequence[int]) -> tuple[int, ...]:
+    return (int(kernel_size),) if isinstance(kernel_size, int) else tuple(int(k) for k in kernel_size)
+
+
+def _check_inputs(layer: Module, x: jax.Array) -> None:
+    rank = len(layer.kernel_size)
+    if x.ndim < rank + 1 or x.shape[-1] != layer.in_features:
+        raise ValueError(
+            f"{type(layer).__name__}(in_features={layer.in_features}, kernel_size={layer.kernel_size}) expected "
+            f"inputs of shape (*batch, {', '.join(['spatial'] * rank)}, {layer.in_features}), "
+            f"got {tuple(x.shape)}."
+        )
+
+
+class Conv(Module):
+    """An N-dimensional convolution (N = ``len(kernel_size)``), wrapping ``lax.conv_general_dilated``.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> conv = nnx.Conv(3, 8, kernel_size=(3, 3), ctx=nnx.context(0))
+    >>> conv(jnp.ones((2, 16, 16, 3))).shape          # 'SAME' padding keeps the size
+    (2, 16, 16, 8)
+    >>> conv.kernel.shape
+    (3, 3, 3, 8)
+    >>> down = nnx.Conv(3, 8, 3, strides=2, padding="VALID", ctx=nnx.context(0))
+    >>> down(jnp.ones((16, 3))).shape                  # 1D, no batch axis
+    (7, 8)
+
+    Args:
+      in_features: number of input channels (last axis of the input).
+      out_features: number of output channels.
+      kernel_size: window size: an int (1D) or one int per spatial axis.
+      strides: an int or one int per spatial axis.
+      padding: ``'SAME'`` (output size ``ceil(size / stride)``), ``'VALID'``
+        (no padding), ``'CAUSAL'`` (1D only: pad on the left so that output
+        ``t`` sees inputs ``<= t``), ``'CIRCULAR'``/``'REFLECT'`` (pad by
+        wrapping/reflecting the input so the output keeps the size), an int
+        (the same padding on both sides of every axis), or one int or
+        ``(low, high)`` pair per spatial axis.
+      input_dilation: spacing inserted between input elements (a
+        "fractionally strided" convolution).
+      kernel_dilation: spacing between kernel taps (atrous convolution).
+      feature_group_count: split the channels into this many groups that are
+        convolved separately (``in_features`` for a depthwise convolution);
+        it must divide both ``in_features`` and ``out_features``.
+      use_bias: whether to add a ``bias`` of shape ``(out_features,)``.
+      dtype, param_dtype, precision, kernel_init, bias_init, ctx: as for
+        :class:`~nnxlite.nn.Linear`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] | None = 1,
+        *,
+        padding: Padding = "SAME",
+        input_dilation: int | Sequence[int] | None = 1,
+        kernel_dilation: int | Sequence[int] | None = 1,
+        feature_group_count: int = 1,
+        use_bias: bool = True,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: Any = None,
+        kernel_init: Initializer = initializers.default_kernel_init,
+        bias_init: Initializer = initializers.default_bias_init,
+        ctx: Context,
+    ):
+        self.kernel_size = _kernel_size(kernel_size)
+        rank = len(self.kernel_size)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.strides = as_tuple(strides, rank, "strides", "Conv")
+        self.padding = canonical_padding(padding, rank, "Conv")
+        self.input_dilation = as_tuple(input_dilation, rank, "input_dilation", "Conv")
+        self.kernel_dilation = as_tuple(kernel_dilation, rank, "kernel_dilation", "Conv")
+        self.feature_group_count = feature_group_count
+        self.use_bias = use_bias
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        if in_features % feature_group_count or out_features % feature_group_count:
+            raise ValueError(
+                f"Conv: feature_group_count={feature_group_count} must divide both in_features={in_features} "
+                f"and out_features={out_features}."
+            )
+        if self.padding == "CAUSAL" and rank != 1:
+            raise ValueError(
+                f"Conv: padding='CAUSAL' is defined for 1D convolutions only (kernel_size={self.kernel_size}); "
+                "pad the time axis yourself with jnp.pad and use padding='VALID'."
+            )
+        kernel_shape = self.kernel_size + (in_features // feature_group_count, out_features)
+        self.kernel = param_from_init(kernel_init, ctx.make_rng("params"), kernel_shape, param_dtype)
+        self.bias = param_from_init(bias_init, ctx.make_rng("params"), (out_features,), param_dtype) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _check_inputs(self, x)
+        x, batch_shape = fold_batch(x, len(self.kernel_size) + 1, "Conv")
+        x, padding = self._pad_by_hand(x)
+        bias = self.bias.value if self.bias is not None else None
+        x, kernel, bias = promote_dtype(x, self.kernel.value, bias, dtype=self.dtype)
+        y = lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=self.strides,
+            padding=padding,
+            lhs_dilation=self.input_dilation,
+            rhs_dilation=self.kernel_dilation,
+            dimension_numbers=channels_last(len(self.kernel_size)),
+            feature_group_count=self.feature_group_count,
+            precision=self.precision,
+        )
+        if bias is not None:
+            y = y + bias
+        return unfold_batch(y, batch_shape)
+
+    def _pad_by_hand(self, x: jax.Array) -> tuple[jax.Array, Any]:
+        """Apply the paddings lax does not know (CAUSAL, CIRCULAR, REFLECT); return the lax padding."""
+        mode = self.padding
+        if mode not in ("CAUSAL", "CIRCULAR", "REFLECT"):
+            return x, mode
+        spans = [(k - 1) * d for k, d in zip(self.kernel_size, self.kernel_dilation)]
+        if mode == "CAUSAL":
+            pads = [(spans[0], 0)]
+        else:  # centred like 'SAME': the extra element (even kernels) goes after
+            pads = [(s // 2, s - s // 2) for s in spans]
+        pads = [(0, 0)] + pads + [(0, 0)]
+        np_mode = {"CAUSAL": "constant", "CIRCULAR": "wrap", "REFLECT": "reflect"}[mode]
+        return jnp.pad(x, pads, mode=np_mode), "VALID"
+
+
+class ConvTranspose(Module):
+    """A transposed convolution ("deconvolution"), wrapping ``lax.conv_transpose``.
+
+    With stride ``s`` it upsamples each spatial axis by ``s`` (``'SAME'``
+    padding gives exactly ``size * s``). The kernel is
+    ``(*window, in_features, out_features)``, or
+    ``(*window, out_features, in_features)`` with ``transpose_kernel=True``,
+    which makes the layer the exact gradient (adjoint) of a :class:`Conv`
+    with the same kernel.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> up = nnx.ConvTranspose(8, 3, kernel_size=(4, 4), strides=2, ctx=nnx.context(0))
+    >>> up(jnp.ones((2, 8, 8, 8))).shape
+    (2, 16, 16, 3)
+    >>> nnx.ConvTranspose(8, 3, 3, padding="VALID", ctx=nnx.context(0))(jnp.ones((5, 8))).shape
+    (7, 3)
+
+    Padding follows ``lax.conv_transpose``, *not* PyTorch: ``'VALID'`` gives
+    the full output ``(size - 1) * s + window``; explicit ``(low, high)``
+    pairs pad the stride-dilated input directly, so ``(window - 1 - p)`` on
+    both sides inverts the shape change of a :class:`Conv` with padding
+    ``p``.
+
+    Args:
+      in_features, out_features, kernel_size, strides, kernel_dilation, use_bias,
+      dtype, param_dtype, precision, kernel_init, bias_init, ctx: as for :class:`Conv`.
+      padding: ``'SAME'``, ``'VALID'``, an int, or one int or ``(low, high)``
+        pair per spatial axis.
+      transpose_kernel: use the ``(*window, out, in)`` layout and flip the
+        window, as in the gradient of a convolution.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] | None = None,
+        *,
+        padding: Padding = "SAME",
+        kernel_dilation: int | Sequence[int] | None = None,
+        use_bias: bool = True,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: Any = None,
+        kernel_init: Initializer = initializers.default_kernel_init,
+        bias_init: Initializer = initializers.default_bias_init,
+        transpose_kernel: bool = False,
+        ctx: Context,
+    ):
+        self.kernel_size = _kernel_size(kernel_size)
+        rank = len(self.kernel_size)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.strides = as_tuple(strides, rank, "strides", "ConvTranspose")
+        self.padding = canonical_padding(padding, rank, "ConvTranspose")
+        if isinstance(self.padding, str) and self.padding not in ("SAME", "VALID"):
+            raise ValueError(
+                f"ConvTranspose: padding={padding!r} is not supported; use 'SAME', 'VALID', an int, "
+                "or (low, high) pairs (for circular boundaries, jnp.pad the input with mode='wrap' first)."
+            )
+        self.kernel_dilation = as_tuple(kernel_dilation, rank, "kernel_dilation", "ConvTranspose")
+        self.use_bias = use_bias
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        self.transpose_kernel = transpose_kernel
+        io = (out_features, in_features) if transpose_kernel else (in_features, out_features)
+        self.kernel = param_from_init(kernel_init, ctx.make_rng("params"), self.kernel_size + io, param_dtype)
+        self.bias = param_from_init(bias_init, ctx.make_rng("params"), (out_features,), param_dtype) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _check_inputs(self, x)
+        rank = len(self.kernel_size)
+        x, batch_shape = fold_batch(x, rank + 1, "ConvTranspose")
+        bias = self.bias.value if self.bias is not None else None
+        x, kernel, bias = promote_dtype(x, self.kernel.value, bias, dtype=self.dtype)
+        y = lax.conv_transpose(
+            x,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            rhs_dilation=self.kernel_dilation,
+            dimension_numbers=channels_last(rank),
+            transpose_kernel=self.transpose_kernel,
+            precision=self.precision,
+        )
+        if bias is not None:
+            y = y + bias
+        return unfold_batch(y, batch_shape)
