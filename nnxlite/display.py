@@ -96,9 +96,9 @@ def _render(obj: Any, depth: int, seen: set) -> str:
     if isinstance(obj, Variable):
         return f"{type(obj).__name__}({_short(obj.raw_value)})"
     if isinstance(obj, Module):
-        if id(obj) in seen:
+        if id(obj) in seen:  # already printed above (shared reference or cycle)
             return f"<shared {type(obj).__name__}>"
-        seen = seen | {id(obj)}
+        seen.add(id(obj))
         config, children = [], []
         for k, v in vars(obj).items():
             if k.startswith("_") or isinstance(v, Variable):

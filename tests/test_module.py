@@ -59,6 +59,14 @@ def test_repr_handles_cycles():
     assert "<shared Module>" in repr(a)
 
 
+def test_repr_marks_a_module_shared_by_siblings():
+    m = nnx.Module()
+    m.a = nnx.Linear(1, 1, ctx=nnx.context(0))
+    m.b = m.a
+    text = repr(m)
+    assert text.count("Linear(") == 1 and "<shared Linear>" in text
+
+
 def test_treescope_renders_module():
     import treescope
 
