@@ -296,7 +296,7 @@ def main() -> None:
         rate = statistics.median(rates[name])
         peak, temp = peak_bytes(variants[name][1]) if name != names[0] else (base_peak, base_temp)
         mfu = f"{rate * fpt / peak_flops:.1%}" if peak_flops else "n/a"
-        peak_s = f"{peak / 2**30:.3f} GiB" if peak is not None else "n/a"
+        peak_s = "n/a" if peak is None else f"{peak / 2**30:.2f} GiB" if peak >= 2**30 else f"{peak / 2**20:.2f} MiB"
         peak_r = f"{peak / base_peak:.3f}×" if peak is not None and base_peak else "n/a"
         temp_s = f"{temp / 2**20:.1f} MiB" if temp is not None else "n/a"
         temp_r = f"{temp / base_temp:.3f}×" if temp is not None and base_temp else "n/a"

@@ -41,18 +41,6 @@ import nnxlite as nnx
 from _common import batch_indices, few_per_class, load_digits_split, make_parser, plt, progress, save_figure
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pooling with stride 2, ``(B, H, W, C) -> (B, H/2, W/2, C)``, by a reshape.
-
-    It computes what ``nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))``
-    does; that function cannot yet be differentiated inside ``nnx.jit``
-    (nnxlite/nn/pooling.py wraps the pooling's initial value in ``jnp.asarray``,
-    which hides from JAX that the reduction is a plain max).
-    """
-    b, h, w, c = x.shape
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
 class Backbone(nnx.Module):
     """8x8x1 image -> 512 features: two 3x3 convolutions with a 2x2 max-pool between them."""
 
@@ -64,7 +52,7 @@ class Backbone(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(self.conv1(x))  # (B, 8, 8, 16)
-        x = max_pool_2x2(x)  # (B, 4, 4, 16)
+        x = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))  # (B, 4, 4, 16)
         x = jax.nn.relu(self.conv2(x))  # (B, 4, 4, 32)
         return x.reshape((x.shape[0], -1))  # (B, 512)
 

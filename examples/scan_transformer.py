@@ -2,12 +2,12 @@
 
 What this example teaches:
 
-1. *Stacked layers.* Calling a block's constructor under a vmap over the
-   layer index creates N blocks at once, as ONE block whose every parameter
-   has a leading axis of size N (``kernel: (N, 64, 64)``). Each layer gets its
-   own initialization key.
-2. *Scan over layers.* A scan then applies the block N times, slicing layer
-   ``i``'s parameters on step ``i``. XLA compiles the block body once, so
+1. *Stacked layers.* Calling a block's constructor under ``nnx.vmap`` with
+   ``axis_size=N`` creates N blocks at once, as ONE block whose every
+   parameter has a leading axis of size N (``fc1.kernel: (N, 64, 256)``).
+   Each layer gets its own initialization key.
+2. *Scan over layers.* ``nnx.scan`` then applies the block N times, slicing
+   layer ``i``'s parameters on step ``i``. XLA compiles the block body once, so
    compile time stays flat as the model gets deeper, whereas an unrolled
    Python ``for`` loop over N separate blocks is traced and compiled N times
    over. The script measures both at several depths (for a shallow model the

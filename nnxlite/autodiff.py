@@ -36,7 +36,7 @@ import jax
 from nnxlite import filters as filterlib
 from nnxlite import transforms as _t
 from nnxlite.state import StateStructure, _new_state
-from nnxlite.variables import Param
+from nnxlite.variables import Param, Variable
 
 __all__ = ["grad", "value_and_grad"]
 
@@ -143,6 +143,10 @@ def _plan(inputs: _t._Inputs, args: tuple, argnums: tuple, wrt) -> _Plan:
                     diff_vars.append(j)
                     entries.append((path, j))
                 entries.sort(key=lambda e: _sort_key(e[0]))
+                if isinstance(flat.node_objects[0][root_of_leaf[leaf]], Variable):
+                    # A Variable argument: its gradient is an array (None if wrt excludes it).
+                    parts.append(("one", taken[entries[0][1]] if entries else None))
+                    continue
                 structure = StateStructure(
                     tuple(p for p, _ in entries), tuple(flat.graphdef.vardefs[j] for _, j in entries)
                 )
@@ -226,6 +230,8 @@ def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
                 if part[0] == "var":
                     _, ks, structure = part
                     leaves_out.append(_new_state([g_state[k] for k in ks], structure))
+                elif part[0] == "one":
+                    leaves_out.append(None if part[1] is None else g_state[part[1]])
                 else:
                     leaves_out.append(g_others[part[1]])
             grads.append(jax.tree_util.tree_unflatten(treedef, leaves_out))

@@ -52,7 +52,21 @@ next call gets new keys. To opt out for a stream or a kind of RNG state, name
 it in the dict: ``{'dropout': None}`` gives every lane the same dropout key
 (in ``scan``: one stream carried through the steps), ``{nnx.RngState: 0}``
 maps streams that are themselves stacked; ``'split'`` may also be written out.
-There is no separate ``split_rngs`` or ``StateAxes``.
+There is no separate ``split_rngs`` decorator or ``StateAxes`` object to
+combine (the pair flax.nnx users must get right together, flax issues #4195
+and #4589): one dict in the usual ``in_axes`` says it all.
+
+    >>> import jax, jax.numpy as jnp, nnxlite as nnx
+    >>> ctx = nnx.context(params=0, dropout=1)
+    >>> keys = nnx.vmap(lambda c: (c.params(), c.dropout()), axis_size=3)(ctx)
+    >>> len({tuple(k.tolist()) for k in keys[0]})   # split: one key per lane
+    3
+    >>> keys = nnx.vmap(lambda c: c.dropout(), in_axes={"dropout": None}, axis_size=3)(ctx)
+    >>> len({tuple(k.tolist()) for k in keys})      # broadcast: the same key in every lane
+    1
+    >>> bn = nnx.vmap(lambda c: nnx.BatchNorm(2, ctx=c), axis_size=3, out_axes={nnx.BatchStat: None})(ctx)
+    >>> bn.scale.shape, bn.mean.shape               # stacked params, shared statistics
+    ((3, 2), (2,))
 """
 
 from __future__ import annotations
@@ -1385,9 +1399,7 @@ def scan(
             for x, e in zip(out_leaves, out_entries):
                 if e is Carry:
                     out_carry.append(x)
-                elif isinstance(e, Mapping) and _is_node(x):
-                    pass
-                else:
+                elif not (isinstance(e, Mapping) and _is_node(x)):  # dicts are for module outputs
                     _check_axis(e, (int,), f"{what} out_axes (use nnx.Carry or an int)")
             if len(out_carry) != len(in_carry) or any(
                 _is_node(i) != _is_node(o) or (_is_node(i) and i is not o) for i, o in zip(in_carry, out_carry)

@@ -289,9 +289,10 @@ def _read(v: "Variable") -> Any:
 def _check_live(v: "Variable", x: Any) -> None:
     """Raise TracerLeakError if ``x`` belongs to a trace that is not running any more."""
     trace = getattr(x, "_trace", None)
-    if trace is None or _trace_ctx is None:
-        return
-    t, depth = _trace_ctx.trace, 0
+    t = getattr(_trace_ctx, "trace", None)
+    if trace is None or t is None:
+        return  # not a trace we can judge (or a jax without this API): let JAX decide
+    depth = 0
     while t is not None:  # the running traces: the current one and its parents
         if t is trace:
             return

@@ -140,3 +140,13 @@ def test_nnx_grad_temp_memory_matches_jax_grad():
     if ours is None or ref is None:
         pytest.skip("no memory analysis on this backend")
     assert ours.temp_size_in_bytes <= 1.05 * ref.temp_size_in_bytes + 4096
+
+
+def test_variable_arguments_get_array_gradients():
+    w = nnx.Param(jnp.arange(3.0))
+    b = nnx.BatchStat(jnp.ones(3))
+    gw, gb = nnx.grad(lambda w, b: (w.value**2 * b.value).sum(), argnums=(0, 1))(w, b)
+    np.testing.assert_allclose(gw, 2 * jnp.arange(3.0))
+    assert gb is None  # not a Param: excluded by wrt
+    g_all = nnx.grad(lambda b: (b.value * 3).sum(), wrt=...)(b)
+    np.testing.assert_allclose(g_all, 3.0)

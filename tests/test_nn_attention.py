@@ -164,7 +164,7 @@ def test_mha_decode_one_token_at_a_time_equals_causal_attention():
     full = layer(x, is_causal=True)
     layer.init_cache(x.shape)
     assert layer.cached_key.shape == (B, L, H, D) and isinstance(layer.cached_key, nnx.Cache)
-    steps = [layer(x[:, t : t + 1], decode=True) for t in range(L)]
+    steps = [layer(x[:, t : t + 1], decode=True, is_causal=True) for t in range(L)]  # is_causal is implied
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
     assert int(layer.cache_index.value) == L
     with pytest.raises(ValueError, match="cache is full"):
@@ -251,3 +251,16 @@ def test_attention_dropout_parity_with_flax_for_the_same_key():
     ours = nnx.dot_product_attention(q, k, v, dropout_rng=key, dropout_rate=0.3)
     theirs = flax_attention(q, k, v, dropout_rng=key, dropout_rate=0.3)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_mha_dropout_parity_with_flax_for_the_same_seed():
+    fnnx = pytest.importorskip("flax.nnx")
+    kwargs = dict(num_heads=H, in_features=F, qkv_features=H * D, dropout_rate=0.4)
+    ours = nnx.MultiHeadAttention(**kwargs, **INIT, ctx=nnx.context(0))
+    theirs = fnnx.MultiHeadAttention(**kwargs, kernel_init=ZEROS, decode=False, rngs=fnnx.Rngs(0))
+    copy_params_to_flax(ours, theirs)
+    x = jnp.asarray(randn(B, L, F))
+    a = ours(x, ctx=nnx.context(dropout=3))
+    b = theirs(x, rngs=fnnx.Rngs(dropout=3), deterministic=False)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(a, ours(x, deterministic=True))

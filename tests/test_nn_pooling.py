@@ -2,6 +2,7 @@
 
 import itertools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -76,3 +77,12 @@ def test_pooling_parity_with_flax():
         a = ours(x, (3, 2), strides=(2, 1), padding="SAME", **extra)
         b = theirs(x, (3, 2), strides=(2, 1), padding="SAME", **extra)
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("pool_fn", [nnx.max_pool, nnx.avg_pool, nnx.min_pool])
+def test_pooling_is_differentiable_under_jit(pool_fn):
+    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    grad = jax.jit(jax.grad(lambda x: pool_fn(x, (2, 2), strides=(2, 2)).sum()))(x)
+    eager = jax.grad(lambda x: pool_fn(x, (2, 2), strides=(2, 2)).sum())(x)
+    np.testing.assert_allclose(grad, eager)
+    assert float(grad.sum()) == pytest.approx(4.0)  # one unit of gradient per window

@@ -249,3 +249,25 @@ def test_scan_can_build_a_stack():
     )[1]
     assert stack.kernel.shape == (3, 2, 2)
     assert not np.allclose(stack.kernel.value[0], stack.kernel.value[1])
+
+
+def test_stacked_layers_sharing_a_stored_context_get_distinct_masks_per_layer_and_call():
+    class DropBlock(nnx.Module):
+        def __init__(self, *, ctx):
+            self.linear = nnx.Linear(4, 4, ctx=ctx)
+            self.drop = nnx.Dropout(0.5, ctx=ctx)  # stores the caller's Context
+
+        def __call__(self, x):
+            return self.drop(self.linear(x))
+
+    ctx = nnx.context(0, dropout=1)
+    stack = nnx.vmap(lambda c: DropBlock(ctx=c), axis_size=3)(ctx)
+    assert stack.drop.ctx is ctx  # the input Context comes back as the same object, unstacked
+
+    @nnx.jit
+    def masks(stack):
+        return nnx.scan(lambda h, blk: (h, blk(jnp.ones((16, 4))) != 0), length=3)(jnp.zeros(()), stack)[1]
+
+    first, second = masks(stack), masks(stack)
+    assert len({tuple(np.asarray(m).ravel()) for m in first}) == 3  # no two layers share a mask
+    assert bool((first != second).any())  # the stream advanced between calls

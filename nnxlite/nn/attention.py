@@ -400,7 +400,7 @@ class MultiHeadAttention(Module):
           ctx: the Context (or RngStream, or a key) for attention dropout.
           sow_weights: record the weights as ``self.attention_weights`` (``nnx.Intermediate``).
           decode: overrides ``self.decode``: use and extend the cache (one position per call).
-          is_causal: add a causal mask.
+          is_causal: add a causal mask (implied, so ignored, when decoding).
 
         Returns:
           ``(*batch, q_len, out_features)``.
@@ -426,6 +426,7 @@ class MultiHeadAttention(Module):
 
         if self.decode if decode is None else decode:
             key, value, mask = self._extend_cache(key, value, mask)
+            is_causal = False  # the cache mask already hides every position after this one
 
         if deterministic is None:
             deterministic = self.deterministic
@@ -444,8 +445,13 @@ class MultiHeadAttention(Module):
 
         ``input_shape`` is the shape of a full input, ``(*batch, max_length,
         features)``; afterwards every ``decode=True`` call consumes one
-        position. Calling it again resets the cache. See the class docstring
-        for an example.
+        position. Calling it again resets the cache.
+
+        >>> import nnxlite as nnx
+        >>> attn = nnx.MultiHeadAttention(2, 6, qkv_features=8, ctx=nnx.context(0))
+        >>> attn.init_cache((2, 4, 6))
+        >>> attn.cached_key.shape, int(attn.cache_index.value)
+        ((2, 4, 2, 4), 0)
         """
         shape = tuple(input_shape[:-1]) + (self.num_kv_heads, self.head_dim)
         self.cached_key = Cache(jnp.zeros(shape, dtype))
@@ -466,7 +472,11 @@ class MultiHeadAttention(Module):
                 f"projected keys of shape {expected}, got {tuple(key.shape)} (inputs (*batch, 1, features))."
             )
         index = self.cache_index.value
-        if not isinstance(index, jax.core.Tracer) and int(index) >= max_length:
+        try:
+            full = int(index) >= max_length
+        except TypeError:  # a traced index (under jit): it cannot be checked here
+            full = False
+        if full:
             raise ValueError(
                 f"MultiHeadAttention: the decode cache is full ({max_length} positions); call init_cache again."
             )

@@ -70,7 +70,16 @@ Axes = int | Sequence[int]
 
 
 class Initializer(Protocol):
-    """The type of an initializer: ``(key, shape, dtype) -> array``."""
+    """The type of an initializer: ``(key, shape, dtype) -> array``.
+
+    Any function of that shape is one, so custom initializers need no base class:
+
+    >>> import jax, jax.numpy as jnp, nnxlite as nnx
+    >>> def identity_init(key, shape, dtype=jnp.float32):
+    ...     return jnp.eye(*shape, dtype=dtype)
+    >>> nnx.Linear(2, 2, kernel_init=identity_init, ctx=nnx.context(0)).kernel.value.tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+    """
 
     def __call__(self, key: Any, shape: tuple[int, ...], dtype: Any = ...) -> Any: ...
 

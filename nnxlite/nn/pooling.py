@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from jax import lax
 
@@ -55,7 +56,10 @@ def pool(
     x, batch_shape = fold_batch(inputs, rank + 1, "pool")
     if not isinstance(padding, str):
         padding = ((0, 0),) + padding + ((0, 0),)
-    y = lax.reduce_window(x, jnp.asarray(init, x.dtype), reduce_fn, (1,) + window + (1,), (1,) + strides + (1,), padding)
+    # A concrete (numpy) init keeps lax.reduce_window on its differentiable max/sum
+    # fast path; a traced init (jnp.asarray under jit) falls back to a generic,
+    # non-differentiable reduction.
+    y = lax.reduce_window(x, np.asarray(init, x.dtype), reduce_fn, (1,) + window + (1,), (1,) + strides + (1,), padding)
     return unfold_batch(y, batch_shape)
 
 
