@@ -314,3 +314,12 @@ def test_wrt_list_filter_and_non_param_state():
     np.testing.assert_allclose(model.w.value, [0.0, 0.0])
     np.testing.assert_allclose(model.stat.value, [0.0, 0.0])
     assert model.calls.value == 0
+
+
+def test_replacing_a_layer_with_another_shape_gives_a_clear_error():
+    model = nnx.Sequence([nnx.Linear(2, 3, ctx=nnx.context(0)), nnx.Linear(3, 10, ctx=nnx.context(1))])
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2))
+    model.layers[1] = nnx.Linear(3, 5, ctx=nnx.context(2))  # same paths, new shapes
+    grads = jax.tree.map(jnp.ones_like, model.filter(nnx.Param))
+    with pytest.raises(ValueError, match=r"opt_state/0/mu/layers/1/kernel: shape \(3, 10\), parameter now \(3, 5\)"):
+        optimizer.update(grads)

@@ -33,6 +33,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from nnxlite import _epoch
@@ -230,7 +231,31 @@ class Optimizer(Module):
             if not isinstance(node, Variable):
                 raise TypeError(f"Optimizer: opt_state/{_fmt_path(path)} is {type(node).__name__}, not a Variable.")
             opt_vars.append(node)
+        _check_shapes_still_fit(structure.paths, param_vars, spec.paths, opt_vars)
         return _Plan(_epoch.current(), param_vars, structure, opt_vars)
+
+
+def _check_shapes_still_fit(param_paths, param_vars, opt_paths, opt_vars) -> None:
+    """Per-parameter optimizer state (e.g. Adam's ``mu/<param path>``) must still match its
+    parameter's shape. It stops matching when a layer is replaced by one of another size
+    at the same path; say so plainly instead of failing inside optax."""
+    shapes = {p: np.shape(v.raw_value) for p, v in zip(param_paths, param_vars)}
+    stale = []
+    for path, var in zip(opt_paths, opt_vars):
+        for k in range(len(path)):
+            expected = shapes.get(path[k:])
+            if expected is not None:
+                found = np.shape(var.raw_value)
+                if found != expected:
+                    stale.append(f"opt_state/{_fmt_path(path)}: shape {found}, parameter now {expected}")
+                break
+    if stale:
+        raise ValueError(
+            "Optimizer: some parameters changed shape since the optimizer was created (was a layer "
+            "replaced?), so their optimizer state no longer fits:\n  "
+            + "\n  ".join(stale[:20])
+            + "\n  Create a new nnx.Optimizer after changing the model."
+        )
 
 
 def _listing(label: str, paths: list) -> str:
