@@ -24,6 +24,7 @@ from nnxlite.variables import (
     RngCount,
     RngKey,
     RngState,
+    TracerLeakError,
     Variable,
 )
 from nnxlite.functional import Transformed, fold_rngs, merge_states, param_from_init, split_trainable, transform
@@ -48,6 +49,5 @@ from nnxlite import checkpoint
 from nnxlite.checkpoint import restore, save
 from nnxlite import transforms
 from nnxlite.transforms import Carry, cond, eval_shape, jit, remat, scan, switch, vmap
-from nnxlite.variables import TracerLeakError
 
 __version__ = "0.1.0"
