@@ -28,7 +28,6 @@ traversal is reused only when it is exactly right; value edits do not bump it.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -38,7 +37,7 @@ import numpy as np
 from nnxlite import _epoch
 from nnxlite import filters as filterlib
 from nnxlite.variables import _EMPTY_METADATA
-from nnxlite.state import State, StateStructure, _fmt_path, _key_error_text, _new_state, _key_order
+from nnxlite.state import State, StateStructure, _fmt_path, _key_error_text, _new_state, _key_order, path_sort_key
 from nnxlite.variables import Variable
 
 __all__ = [
@@ -689,8 +688,6 @@ def iter_graph(node: Any) -> Iterator[tuple[Path, Any]]:
     flat = _flat(node)
     entries = list(zip(flat.node_paths, flat.node_objects))
     entries += list(zip(flat.graphdef.paths, flat.variables))
-    from nnxlite.state import path_sort_key
-
     entries.sort(key=lambda e: path_sort_key(e[0]))
     yield from entries
 
@@ -701,30 +698,3 @@ def flatten_roots(roots: tuple) -> _Flat:
     Used by the lifted transforms: ``(model, optimizer)`` share the model.
     """
     return _traverse(tuple(roots))
-
-
-class RootsCache:
-    """Caches ``flatten_roots`` for one call site, keyed by the identity of the roots.
-
-    Holds weak references only, so cached models can still be garbage collected.
-    """
-
-    __slots__ = ("_refs", "_flat")
-
-    def __init__(self):
-        self._refs: tuple = ()
-        self._flat: _Flat | None = None
-
-    def get(self, roots: tuple) -> _Flat:
-        flat = self._flat
-        if (
-            flat is not None
-            and flat.epoch == _epoch.current()
-            and len(roots) == len(self._refs)
-            and all(r() is o for r, o in zip(self._refs, roots))
-        ):
-            return flat
-        flat = flatten_roots(roots)
-        self._refs = tuple(weakref.ref(o) for o in roots)
-        self._flat = flat
-        return flat
