@@ -58,9 +58,6 @@ class List(list):
     def __init__(self, iterable=()):
         list.__init__(self, (_track(v) for v in iterable))
 
-    def _changed(self):
-        _epoch.bump()
-
     def __setitem__(self, index, value):
         value = [_track(v) for v in value] if isinstance(index, slice) else _track(value)
         list.__setitem__(self, index, value)
