@@ -524,13 +524,20 @@ def _build_cyclic(node_specs: list, variables: list) -> Any:
             objs[i] = list.__new__(node_type)
         elif kind == DICT:
             objs[i] = dict.__new__(node_type)
-    # Tuples are immutable: build them after their children, deepest first.
-    # (A cycle must pass through a mutable node, which already exists.)
-    for i in range(len(node_specs) - 1, -1, -1):
-        node_type, kind, template, var_slots, node_slots = node_specs[i]
-        if kind == TUPLE:
-            values = _filled(template, var_slots, node_slots, variables, objs).values()
-            objs[i] = tuple(values) if node_type is tuple else node_type(*values)
+    # Tuples are immutable: build each after the tuples it holds (a shared tuple
+    # may sit at any index). A cycle must pass through a mutable node, which
+    # already exists, so this recursion ends.
+    def build_tuple(i: int) -> None:
+        node_type, _, template, var_slots, node_slots = node_specs[i]
+        for _, j in node_slots:
+            if objs[j] is None:
+                build_tuple(j)
+        values = _filled(template, var_slots, node_slots, variables, objs).values()
+        objs[i] = tuple(values) if node_type is tuple else node_type(*values)
+
+    for i, spec in enumerate(node_specs):
+        if spec[1] == TUPLE and objs[i] is None:
+            build_tuple(i)
     for obj, (node_type, kind, template, var_slots, node_slots) in zip(objs, node_specs):
         if kind == TUPLE:
             continue

@@ -266,6 +266,24 @@ def test_tuples_with_modules_and_namedtuples():
     assert copy.pair.b[1] == 3 and copy.size == (3, 3)
 
 
+def test_shared_tuple_inside_a_later_tuple():
+    lin = nnx.Linear(1, 1, ctx=nnx.context(0))
+    shared = (lin,)
+    root = nnx.Module()
+    root.a = shared
+    root.b = (shared, 3)
+    copy = nnx.merge(*nnx.split(root))
+    assert copy.b[0] is copy.a and copy.a[0] is not lin
+    assert isinstance(copy.a[0], nnx.Linear) and copy.b[1] == 3
+
+
+def test_tuples_around_a_cycle():
+    parent = nnx.Module()
+    parent.children = ((parent, nnx.Param(1.0)),)
+    copy = nnx.merge(*nnx.split(parent))
+    assert copy.children[0][0] is copy and float(copy.children[0][1].value) == 1.0
+
+
 def test_variable_metadata_roundtrip_and_in_state_structure():
     root = nnx.Module()
     root.w = nnx.Param(jnp.ones((2, 2)), sharding=("embed", "mlp"))
