@@ -13,20 +13,25 @@ ref = st.one_of(
     st.tuples(st.just("node"), st.integers(0, 5)),
     st.tuples(st.just("var"), st.integers(0, 7)),
     st.tuples(st.just("static"), st.integers(-3, 3)),
+    st.tuples(st.just("tuple"), st.integers(0, 3)),  # shared tuples from a pool
 )
 attr = st.one_of(ref, st.tuples(st.just("list"), st.lists(ref, max_size=3)), st.tuples(st.just("dict"), st.lists(ref, max_size=3)))
 graph_spec = st.tuples(
     st.lists(st.lists(attr, max_size=4), min_size=1, max_size=6),  # attributes per node
     st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3)), min_size=8, max_size=8),  # var type, size
+    # A pool of 4 tuples; tuple k may hold nodes, variables and tuples j < k.
+    st.lists(st.lists(ref, min_size=1, max_size=3), min_size=4, max_size=4),
 )
 
 
 def build(spec):
-    node_attrs, var_specs = spec
+    node_attrs, var_specs, tuple_specs = spec
     nodes = [nnx.Module() for _ in node_attrs]
     variables = [
         VAR_TYPES[t](jnp.arange(size, dtype=jnp.float32) + 10 * i) for i, (t, size) in enumerate(var_specs)
     ]
+
+    tuples: list = []
 
     def resolve(r):
         kind, i = r
@@ -34,7 +39,12 @@ def build(spec):
             return nodes[i % len(nodes)]
         if kind == "var":
             return variables[i]
+        if kind == "tuple":
+            return tuples[i % len(tuples)] if tuples else -1
         return i
+
+    for refs in tuple_specs:
+        tuples.append(tuple(resolve(r) for r in refs))
 
     for node, attrs in zip(nodes, node_attrs):
         for k, (kind, payload) in enumerate(attrs):
@@ -58,6 +68,12 @@ def children(obj):
     return []
 
 
+def holds_graph(x):
+    if isinstance(x, tuple):
+        return any(holds_graph(v) for v in x)
+    return isinstance(x, (nnx.Module, nnx.Variable, list, dict))
+
+
 def assert_isomorphic(a, b):
     """Walk both graphs together: the id mapping must be a bijection with equal values."""
     forward, backward = {}, {}
@@ -66,8 +82,8 @@ def assert_isomorphic(a, b):
         x, y = stack.pop()
         if type(x) is not type(y):
             raise AssertionError(f"type {type(x)} vs {type(y)}")
-        if not isinstance(x, (nnx.Module, nnx.Variable, list, dict, tuple)):
-            assert x == y
+        if not isinstance(x, (nnx.Module, nnx.Variable, list, dict, tuple)) or not holds_graph(x):
+            assert x == y  # static data (ints, tuples of ints) is kept as is
             continue
         if id(x) in forward:
             assert forward[id(x)] is y, "sharing differs"
