@@ -117,8 +117,8 @@ def _is_node(x: Any) -> bool:
 class _RootsCache:
     """The joint traversal of a call's graph roots, reused while identities and epoch match.
 
-    Like :class:`graph.RootsCache`, but roots that cannot be weakly referenced
-    (tracked lists) simply disable the cache.
+    Holds weak references only, so cached models can still be garbage collected;
+    roots that cannot be weakly referenced (tracked lists) simply disable the cache.
     """
 
     __slots__ = ("_refs", "_flat")
@@ -148,7 +148,7 @@ class _RootsCache:
 class _Inputs:
     """A call's arguments: pytree structure, graph roots and the other leaves."""
 
-    __slots__ = ("treedef", "mask", "roots", "others", "flat", "owner")
+    __slots__ = ("treedef", "mask", "roots", "others", "flat")
 
     def __init__(self, args: tuple, kwargs: dict, cache: _RootsCache | None = None):
         leaves, self.treedef = _tree_flatten((args, kwargs), is_leaf=_is_node)
@@ -159,11 +159,14 @@ class _Inputs:
             self.flat = cache.get(self.roots) if cache is not None else graph.flatten_roots(self.roots)
         else:
             self.flat = None
-        self.owner: list[int] | None = None
 
     @property
     def variables(self) -> list:
         return self.flat.variables if self.flat is not None else []
+
+    @property
+    def graphdef(self) -> graph.GraphDef | None:
+        return self.flat.graphdef if self.flat is not None else None
 
     def leaves(self) -> list:
         """The current values of every Variable, in traversal order."""
@@ -172,12 +175,6 @@ class _Inputs:
     def root_positions(self) -> list[int]:
         """Leaf position (in the flattened arguments) of each root."""
         return [i for i, m in enumerate(self.mask) if m]
-
-    def var_owner(self) -> list[int]:
-        """For each Variable, the index of the root that reaches it first (canonical path)."""
-        if self.owner is None:
-            self.owner = [p[0] for p in self.flat.graphdef.paths] if self.flat is not None else []
-        return self.owner
 
 
 def _enter(gd, treedef, mask, state_leaves, others):
@@ -191,6 +188,15 @@ def _enter(gd, treedef, mask, state_leaves, others):
     leaves = [next(it_r) if m else next(it_o) for m in mask]
     args, kwargs = _tree_unflatten(treedef, leaves)
     return args, kwargs, roots, pre
+
+
+def _scatter(n: int, fill: Any, *groups: tuple) -> list:
+    """A list of ``n`` entries, ``fill`` except at the indices of each ``(indices, values)`` group."""
+    out = [fill] * n
+    for indices, values in groups:
+        for j, x in zip(indices, values):
+            out[j] = x
+    return out
 
 
 # =====================================================================================
@@ -791,13 +797,8 @@ class _Jitted:
     def _split_static(self, args: tuple, kwargs: dict):
         n = len(args)
         static_pos = sorted({i + n if i < 0 else i for i in self._static_argnums if -n <= i < n})
-        statics = []
-        for i in static_pos:
-            statics.append((i, args[i]))
-        static_kw = []
-        for k in self._static_argnames:
-            if k in kwargs:
-                static_kw.append((k, kwargs[k]))
+        statics = [(i, args[i]) for i in static_pos]
+        static_kw = [(k, kwargs[k]) for k in self._static_argnames if k in kwargs]
         for _, s in statics + static_kw:
             try:
                 hash(s)
@@ -813,7 +814,7 @@ class _Jitted:
     def _prepare(self, args: tuple, kwargs: dict):
         dargs, dkwargs, statics, static_kw = self._split_static(args, kwargs)
         inputs = _Inputs(dargs, dkwargs, self._roots)
-        key = (inputs.flat.graphdef if inputs.flat is not None else None, inputs.treedef, inputs.mask, statics, static_kw)
+        key = (inputs.graphdef, inputs.treedef, inputs.mask, statics, static_kw)
         comp = self._compiled.get(key)
         if comp is None:
             comp = self._compile(inputs, dargs, dkwargs, statics, static_kw)
@@ -881,7 +882,7 @@ class _Jitted:
 
     def _compile(self, inputs: _Inputs, dargs, dkwargs, statics, static_kw) -> _Compiled:
         fun = self._fun
-        gd = inputs.flat.graphdef if inputs.flat is not None else None
+        gd = inputs.graphdef
         treedef, mask = inputs.treedef, inputs.mask
         n_vars = len(inputs.variables)
         # Which top-level argument each leaf belongs to.
@@ -921,11 +922,7 @@ class _Jitted:
         don_t, keep_t = tuple(don_idx), tuple(keep_idx)
 
         def inner(don, keep, *others):
-            leaves = [None] * n_vars
-            for j, x in zip(don_t, don):
-                leaves[j] = x
-            for j, x in zip(keep_t, keep):
-                leaves[j] = x
+            leaves = _scatter(n_vars, None, (don_t, don), (keep_t, keep))
             args, kwargs, roots, pre = _enter(gd, treedef, mask, leaves, others)
             if static_items or static_kw:
                 args = list(args)
@@ -1195,7 +1192,8 @@ def vmap(
         entries = _call_entries(in_axes, args, kwargs, 0, _is_axis_entry, f"{what} in_axes")
         specs = _state_specs(inputs, entries, 0, allowed, f"{what} in_axes")
         streams = _split_streams(inputs, specs, what)
-        split_vars = {j for _, jk, jc in streams for j in (jk, jc)}
+        key_idx, count_idx = [jk for _, jk, _ in streams], [jc for _, _, jc in streams]
+        split_vars = {*key_idx, *count_idx}
         kept = [j for j in range(len(specs)) if j not in split_vars]
         dyn_axes = _dyn_axes(entries, inputs.mask, (int, None), f"{what} in_axes")
         variables = inputs.variables
@@ -1210,8 +1208,8 @@ def vmap(
         keys = _draw_split_keys(streams, n)
         state_in = [variables[j].raw_value for j in kept]
         state_axes = [specs[j] for j in kept]
-        counts = [_fresh_count(variables[jc].raw_value) for _, _, jc in streams]
-        gd = inputs.flat.graphdef if inputs.flat is not None else None
+        counts = [_fresh_count(variables[j].raw_value) for j in count_idx]
+        gd = inputs.graphdef
         n_vars = len(specs)
         changed_broadcast: list = []
         unbatched_new: list = []
@@ -1219,11 +1217,7 @@ def vmap(
 
         def body(general: bool):
             def run(state, lane_keys, others):
-                leaves = [None] * n_vars
-                for j, x in zip(kept, state):
-                    leaves[j] = x
-                for (_, jk, jc), k, c in zip(streams, lane_keys, counts):
-                    leaves[jk], leaves[jc] = k, c
+                leaves = _scatter(n_vars, None, (kept, state), (key_idx, lane_keys), (count_idx, counts))
                 a, kw, roots, pre = _enter(gd, inputs.treedef, inputs.mask, leaves, others)
                 out = f(*a, **kw)
                 aligned, extra, plain, meta = _leave(pre, roots, out, leaves)
@@ -1279,13 +1273,10 @@ def vmap(
             ]
             new_state, extra, out = run_vmap(body(True), (state_axes, extra_axes, plain_axes))
             meta = cell[0]
-        aligned: list = [_KEEP] * n_vars
-        for j, x in zip(kept, new_state):
-            aligned[j] = x
         if meta is None:
             _write([variables[j] for j in kept], new_state)
             return out
-        return _apply(meta, aligned, extra, out, inputs.flat)
+        return _apply(meta, _scatter(n_vars, _KEEP, (kept, new_state)), extra, out, inputs.flat)
 
     return wrapper
 
@@ -1343,7 +1334,8 @@ def scan(
         raw_specs = _state_specs(inputs, entries, 0, allowed, f"{what} in_axes")
         specs = ["carry" if s is None or s is Carry else s for s in raw_specs]
         streams = _split_streams(inputs, specs, what)
-        split_vars = {j for _, jk, jc in streams for j in (jk, jc)}
+        key_idx, count_idx = [jk for _, jk, _ in streams], [jc for _, _, jc in streams]
+        split_vars = {*key_idx, *count_idx}
         n_vars = len(specs)
         carried = [j for j in range(n_vars) if specs[j] == "carry" and j not in split_vars]
         scanned = [j for j in range(n_vars) if isinstance(specs[j], int) and j not in split_vars]
@@ -1359,12 +1351,12 @@ def scan(
         if n is None:
             raise ValueError(f"{what}: nothing is scanned, so the number of steps is unknown; pass length=.")
         keys = _draw_split_keys(streams, n)
-        counts = [_fresh_count(variables[jc].raw_value) for _, _, jc in streams]
+        counts = [_fresh_count(variables[j].raw_value) for j in count_idx]
         carry_state = [variables[j].raw_value for j in carried]
         xs_state = [_to_front(variables[j].raw_value, specs[j]) for j in scanned]
         carry_dyn = [x for x, e in zip(others, dyn_entries) if e is Carry]
         xs_dyn = [_to_front(x, e) for x, e in zip(others, dyn_entries) if isinstance(e, int)]
-        gd = inputs.flat.graphdef if inputs.flat is not None else None
+        gd = inputs.graphdef
         # Which argument leaves are carry (for the identity check of carried modules).
         carry_leaf_pos = [i for i, e in enumerate(entries) if e is Carry]
         cell: dict = {}
@@ -1372,13 +1364,9 @@ def scan(
         def body(carry, xs):
             c_state, c_dyn = carry
             x_state, step_keys, x_dyn = xs
-            leaves = [None] * n_vars
-            for j, x in zip(carried, c_state):
-                leaves[j] = x
-            for j, x in zip(scanned, x_state):
-                leaves[j] = x
-            for (_, jk, jc), k, c in zip(streams, step_keys, counts):
-                leaves[jk], leaves[jc] = k, c
+            leaves = _scatter(
+                n_vars, None, (carried, c_state), (scanned, x_state), (key_idx, step_keys), (count_idx, counts)
+            )
             it_c, it_x = iter(c_dyn), iter(x_dyn)
             step_others = [next(it_c) if e is Carry else next(it_x) if isinstance(e, int) else x for x, e in zip(others, dyn_entries)]
             a, kw, roots, pre = _enter(gd, inputs.treedef, inputs.mask, leaves, step_others)
@@ -1424,11 +1412,8 @@ def scan(
             body, (carry_state, carry_dyn), (xs_state, keys, xs_dyn), length=n, reverse=reverse, unroll=unroll
         )
         meta, out_treedef, out_entries = cell["meta"], cell["out_treedef"], cell["out_entries"]
-        aligned: list = [_KEEP] * n_vars
-        for j, x in zip(carried, c_state):
-            aligned[j] = x
-        for j, x in zip(scanned, x_state):
-            aligned[j] = _from_front(x, specs[j])
+        x_state = [_from_front(x, specs[j]) for j, x in zip(scanned, x_state)]
+        aligned = _scatter(n_vars, _KEEP, (carried, c_state), (scanned, x_state))
         plain = []
         it_c, it_y = iter(c_dyn), iter(ys_plain)
         node_pos = set(meta.out_node_pos) if meta is not None else set()
@@ -1465,7 +1450,7 @@ def _from_front(x: Any, axis: int) -> Any:
 # =====================================================================================
 def _pure(f: Callable, inputs: _Inputs, cell: list | None = None, static: Callable | None = None):
     """``(state leaves, other leaves) -> (aligned, extra, out, meta)`` running ``f`` on fresh objects."""
-    gd = inputs.flat.graphdef if inputs.flat is not None else None
+    gd = inputs.graphdef
 
     def run(state, others):
         a, kw, roots, pre = _enter(gd, inputs.treedef, inputs.mask, state, others)
@@ -1523,12 +1508,7 @@ def remat(
             return tuple(a), kw
 
         run = _pure(f, inputs, static=put_static if static_vals else None)
-
-        def checkpointed(state, others):
-            aligned, extra, out, meta = run(state, others)
-            return aligned, extra, out, meta
-
-        aligned, extra, out, meta = jax.checkpoint(checkpointed, prevent_cse=prevent_cse, policy=policy)(
+        aligned, extra, out, meta = jax.checkpoint(run, prevent_cse=prevent_cse, policy=policy)(
             inputs.leaves(), inputs.others
         )
         return _finish(inputs, aligned, extra, out, meta)
