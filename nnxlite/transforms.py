@@ -117,8 +117,9 @@ def _is_node(x: Any) -> bool:
 class _RootsCache:
     """The joint traversal of a call's graph roots, reused while identities and epoch match.
 
-    Holds weak references only, so cached models can still be garbage collected;
-    roots that cannot be weakly referenced (tracked lists) simply disable the cache.
+    Identities are checked through weak references (the cached traversal itself
+    still holds the objects until the next call replaces it); roots that cannot
+    be weakly referenced (tracked lists) simply disable the cache.
     """
 
     __slots__ = ("_refs", "_flat")
