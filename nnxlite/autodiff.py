@@ -35,7 +35,7 @@ import jax
 
 from nnxlite import filters as filterlib
 from nnxlite import transforms as _t
-from nnxlite.state import StateStructure, _new_state
+from nnxlite.state import StateStructure, _new_state, path_sort_key
 from nnxlite.variables import Param, Variable
 
 __all__ = ["grad", "value_and_grad"]
@@ -97,29 +97,19 @@ class _Plan:
         self.arg_grads = arg_grads  # per argnum: (treedef, [("var", [k...], structure) | ("other", k)])
 
 
-def _plan(inputs: _t._Inputs, args: tuple, argnums: tuple, wrt) -> _Plan:
+def _plan(inputs: _t._Inputs, argnums: tuple, wrt) -> _Plan:
     pred = filterlib.to_predicate(wrt)
     flat = inputs.flat
     args_td, _ = inputs.treedef.children()
     arg_sizes = [c.num_leaves for c in args_td.children()]
     starts = [sum(arg_sizes[:i]) for i in range(len(arg_sizes))]
-    root_of_leaf = {}
-    r = 0
-    for i, m in enumerate(inputs.mask):
-        if m:
-            root_of_leaf[i] = r
-            r += 1
-    other_of_leaf = {}
-    k = 0
-    for i, m in enumerate(inputs.mask):
-        if not m:
-            other_of_leaf[i] = k
-            k += 1
+    root_of_leaf = {i: r for r, i in enumerate(inputs.root_positions())}
+    other_of_leaf = {i: k for k, i in enumerate(i for i, m in enumerate(inputs.mask) if not m)}
     # For each root, the Variables it reaches with their paths relative to it (canonical order).
     reach: dict[int, list] = {}
     if flat is not None:
         seen_per_root: dict[int, set] = {}
-        for path in sorted(flat.aliases, key=_sort_key):
+        for path in sorted(flat.aliases, key=path_sort_key):
             j = flat.aliases[path]
             root = path[0]
             seen = seen_per_root.setdefault(root, set())
@@ -141,8 +131,7 @@ def _plan(inputs: _t._Inputs, args: tuple, argnums: tuple, wrt) -> _Plan:
                         continue
                     taken[j] = len(diff_vars)
                     diff_vars.append(j)
-                    entries.append((path, j))
-                entries.sort(key=lambda e: _sort_key(e[0]))
+                    entries.append((path, j))  # already in canonical order, as in `reach`
                 if isinstance(flat.node_objects[0][root_of_leaf[leaf]], Variable):
                     # A Variable argument: its gradient is an array (None if wrt excludes it).
                     parts.append(("one", taken[entries[0][1]] if entries else None))
@@ -156,12 +145,6 @@ def _plan(inputs: _t._Inputs, args: tuple, argnums: tuple, wrt) -> _Plan:
                 diff_others.append(other_of_leaf[leaf])
         arg_grads.append((args_td.children()[a], parts))
     return _Plan(diff_vars, diff_others, arg_grads)
-
-
-def _sort_key(path: tuple) -> tuple:
-    from nnxlite.state import path_sort_key
-
-    return path_sort_key(path)
 
 
 def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
@@ -179,10 +162,10 @@ def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
                 )
         nums = tuple(i % len(args) for i in argnums_t)
         inputs = _t._Inputs(args, kwargs, cache)
-        plan = _plan(inputs, args, nums, wrt)
+        plan = _plan(inputs, nums, wrt)
         leaves = inputs.leaves()
         others = inputs.others
-        gd = inputs.flat.graphdef if inputs.flat is not None else None
+        gd = inputs.graphdef
         cell: list = []
 
         def pure(diff_state, diff_others):
@@ -219,9 +202,7 @@ def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
             for j, x in zip(changed, new_values):
                 variables[j].raw_value = x
         else:
-            aligned = [_t._KEEP] * len(variables)
-            for j, x in zip(changed, new_values):
-                aligned[j] = x
+            aligned = _t._scatter(len(variables), _t._KEEP, (changed, new_values))
             aux = _t._apply(meta, aligned, extra, aux, inputs.flat)
         grads = []
         for treedef, parts in plan.arg_grads:

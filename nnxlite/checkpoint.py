@@ -224,17 +224,23 @@ def _describe_entry(entry: dict) -> str:
 # ---------------------------------------------------------------------------------------
 # Save
 # ---------------------------------------------------------------------------------------
+def _is_value_tree(node: Any) -> bool:
+    """A State, or a nested dict of values (not one holding Variables or modules)."""
+    return isinstance(node, State) or (isinstance(node, dict) and not _holds_graph(node))
+
+
 def _as_state(node: Any) -> State:
     if isinstance(node, State):
         return node
-    if isinstance(node, dict) and not _holds_graph(node):
+    if _is_value_tree(node):
         return State(node)  # a nested dict of values
     return graph.state(node)
 
 
 def _holds_graph(d: Mapping) -> bool:
-    return any(isinstance(v, Variable) or graph._node_kind(v) == graph.OBJECT for v in d.values()) or any(
-        isinstance(v, Mapping) and _holds_graph(v) for v in d.values()
+    return any(
+        isinstance(v, Variable) or graph._node_kind(v) == graph.OBJECT or (isinstance(v, Mapping) and _holds_graph(v))
+        for v in d.values()
     )
 
 
@@ -487,9 +493,9 @@ def restore(
     ...
     """
     path = os.fspath(path)
-    as_state = isinstance(target, (State, dict)) and not (isinstance(target, dict) and _holds_graph(target))
+    as_state = _is_value_tree(target)
     if as_state:
-        state = target if isinstance(target, State) else State(target)
+        state = _as_state(target)
         structure, leaves = state._structure, state._leaves
         check_types = structure.defs is not None
         flat = None

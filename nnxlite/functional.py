@@ -424,9 +424,7 @@ def fold_rngs(node: Any, axis_name: str | tuple[str, ...]) -> Iterator[Any]:
     >>> len(set(u.tolist()))          # four lanes, four different draws
     4
     """
-    saved = []
-    for _, stream in _streams(node):
-        saved.append((stream, stream.key.raw_value))
+    saved = [(stream, stream.key.raw_value) for _, stream in _streams(node)]
     try:
         for stream, key in saved:
             stream.key.raw_value = _fold_axes(key, axis_name)

@@ -199,8 +199,16 @@ def logical_to_mesh_axes(axes: Sequence[Any], rules: Rules | None = None, *, pat
     >>> nnx.logical_to_mesh_axes(("heads", "mlp"), rules=[("mlp", "model"), ("heads", "model")])
     P(None, 'model')
     """
-    axes = _normalize_axes(axes)
-    pairs = _rules_pairs(rules) if rules is not None else get_logical_axis_rules()
+    return _mesh_spec(_normalize_axes(axes), _active_rules(rules), path)
+
+
+def _active_rules(rules: Rules | None) -> tuple[tuple[str, Any], ...] | None:
+    """``rules`` as pairs, else the ones installed by :func:`logical_axis_rules`, else None."""
+    return _rules_pairs(rules) if rules is not None else get_logical_axis_rules()
+
+
+def _mesh_spec(axes: tuple, pairs: tuple[tuple[str, Any], ...] | None, path: tuple) -> PartitionSpec:
+    """:func:`logical_to_mesh_axes` for normalized ``axes`` and ``pairs``."""
     if pairs is None:
         return PartitionSpec(*axes)
     # One slot per logical name (a dimension may list several names).
@@ -265,7 +273,7 @@ def get_partition_spec(state_or_module: Any, *, rules: Rules | None = None) -> S
     """
     st = _as_state(state_or_module)
     s = st._structure
-    pairs = _rules_pairs(rules) if rules is not None else get_logical_axis_rules()
+    pairs = _active_rules(rules)
     specs = []
     for i, (path, leaf) in enumerate(zip(s.paths, st._leaves)):
         meta = dict(s.def_at(i)[1])
@@ -281,7 +289,7 @@ def get_partition_spec(state_or_module: Any, *, rules: Rules | None = None) -> S
                 f"shape {tuple(np.shape(leaf))}. Fix the Variable's metadata with "
                 f".set_metadata(sharding=...) (one name or None per dimension)."
             )
-        specs.append(PartitionSpec(*axes) if pairs is None else logical_to_mesh_axes(axes, pairs, path=path))
+        specs.append(_mesh_spec(axes, pairs, path))
     return _new_state(specs, s)
 
 

@@ -19,16 +19,11 @@ from jax import lax
 from nnxlite.module import Module
 from nnxlite.nn import initializers
 from nnxlite.nn._shapes import Padding, as_tuple, canonical_padding, channels_last, fold_batch, unfold_batch
-from nnxlite.nn.dtypes import promote_dtype
 from nnxlite.nn.initializers import Initializer
-from nnxlite.functional import param_from_init
+from nnxlite.nn.linear import _as_tuple, _kernel_and_bias, _promoted
 from nnxlite.rng import Context
 
 __all__ = ["Conv", "ConvTranspose"]
-
-
-def _kernel_size(kernel_size: int | Sequence[int]) -> tuple[int, ...]:
-    return (int(kernel_size),) if isinstance(kernel_size, int) else tuple(int(k) for k in kernel_size)
 
 
 def _check_inputs(layer: Module, x: jax.Array) -> None:
@@ -95,7 +90,7 @@ class Conv(Module):
         bias_init: Initializer = initializers.default_bias_init,
         ctx: Context,
     ):
-        self.kernel_size = _kernel_size(kernel_size)
+        self.kernel_size = _as_tuple(kernel_size)
         rank = len(self.kernel_size)
         self.in_features = in_features
         self.out_features = out_features
@@ -119,15 +114,15 @@ class Conv(Module):
                 "pad the time axis yourself with jnp.pad and use padding='VALID'."
             )
         kernel_shape = self.kernel_size + (in_features // feature_group_count, out_features)
-        self.kernel = param_from_init(kernel_init, ctx.make_rng("params"), kernel_shape, param_dtype)
-        self.bias = param_from_init(bias_init, ctx.make_rng("params"), (out_features,), param_dtype) if use_bias else None
+        self.kernel, self.bias = _kernel_and_bias(
+            kernel_init, kernel_shape, bias_init, (out_features,) if use_bias else None, param_dtype, ctx
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         _check_inputs(self, x)
         x, batch_shape = fold_batch(x, len(self.kernel_size) + 1, "Conv")
         x, padding = self._pad_by_hand(x)
-        bias = self.bias.value if self.bias is not None else None
-        x, kernel, bias = promote_dtype(x, self.kernel.value, bias, dtype=self.dtype)
+        x, kernel, bias = _promoted(self, x)
         y = lax.conv_general_dilated(
             x,
             kernel,
@@ -208,7 +203,7 @@ class ConvTranspose(Module):
         transpose_kernel: bool = False,
         ctx: Context,
     ):
-        self.kernel_size = _kernel_size(kernel_size)
+        self.kernel_size = _as_tuple(kernel_size)
         rank = len(self.kernel_size)
         self.in_features = in_features
         self.out_features = out_features
@@ -226,15 +221,15 @@ class ConvTranspose(Module):
         self.precision = precision
         self.transpose_kernel = transpose_kernel
         io = (out_features, in_features) if transpose_kernel else (in_features, out_features)
-        self.kernel = param_from_init(kernel_init, ctx.make_rng("params"), self.kernel_size + io, param_dtype)
-        self.bias = param_from_init(bias_init, ctx.make_rng("params"), (out_features,), param_dtype) if use_bias else None
+        self.kernel, self.bias = _kernel_and_bias(
+            kernel_init, self.kernel_size + io, bias_init, (out_features,) if use_bias else None, param_dtype, ctx
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         _check_inputs(self, x)
         rank = len(self.kernel_size)
         x, batch_shape = fold_batch(x, rank + 1, "ConvTranspose")
-        bias = self.bias.value if self.bias is not None else None
-        x, kernel, bias = promote_dtype(x, self.kernel.value, bias, dtype=self.dtype)
+        x, kernel, bias = _promoted(self, x)
         y = lax.conv_transpose(
             x,
             kernel,

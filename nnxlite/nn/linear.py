@@ -25,6 +25,31 @@ from nnxlite.variables import Variable
 __all__ = ["Linear", "LinearGeneral", "Einsum"]
 
 
+def _kernel_and_bias(
+    kernel_init: Initializer,
+    kernel_shape: tuple[int, ...],
+    bias_init: Initializer,
+    bias_shape: tuple[int, ...] | None,
+    param_dtype: Any,
+    ctx: Context,
+) -> tuple[Variable, Variable | None]:
+    """The ``kernel`` Param and the ``bias`` Param (None when ``bias_shape`` is None).
+
+    Each draws its own ``params`` key, the kernel's first. Shared by the
+    dense and convolution layers.
+    """
+    kernel = param_from_init(kernel_init, ctx.make_rng("params"), kernel_shape, param_dtype)
+    if bias_shape is None:
+        return kernel, None
+    return kernel, param_from_init(bias_init, ctx.make_rng("params"), bias_shape, param_dtype)
+
+
+def _promoted(layer: Module, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """``x``, ``layer.kernel`` and ``layer.bias`` (or None) cast to the layer's computation dtype."""
+    bias = layer.bias.value if layer.bias is not None else None
+    return promote_dtype(x, layer.kernel.value, bias, dtype=layer.dtype)
+
+
 class Linear(Module):
     """``y = x @ kernel + bias`` with ``kernel`` of shape ``(in_features, out_features)``.
 
@@ -64,8 +89,9 @@ class Linear(Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
-        self.kernel = param_from_init(kernel_init, ctx.make_rng("params"), (in_features, out_features), param_dtype)
-        self.bias = param_from_init(bias_init, ctx.make_rng("params"), (out_features,), param_dtype) if use_bias else None
+        self.kernel, self.bias = _kernel_and_bias(
+            kernel_init, (in_features, out_features), bias_init, (out_features,) if use_bias else None, param_dtype, ctx
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.shape[-1:] != (self.in_features,):
@@ -73,8 +99,7 @@ class Linear(Module):
                 f"Linear(in_features={self.in_features}, out_features={self.out_features}) expected inputs whose "
                 f"last axis has size {self.in_features}, got shape {tuple(x.shape)}."
             )
-        bias = self.bias.value if self.bias is not None else None
-        x, kernel, bias = promote_dtype(x, self.kernel.value, bias, dtype=self.dtype)
+        x, kernel, bias = _promoted(self, x)
         y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
         if bias is not None:
             y = y + bias
@@ -180,13 +205,11 @@ class LinearGeneral(Module):
         batch_sizes = tuple(n for _, n in self.batch_axis)
         kernel_shape = batch_sizes + self.in_features + self.out_features
         flat_kernel = (math.prod(batch_sizes) * math.prod(self.in_features), math.prod(self.out_features))
-        self.kernel = param_from_init(_Reshaped(kernel_init, flat_kernel), ctx.make_rng("params"), kernel_shape, param_dtype)
-        if use_bias:
-            bias_shape = batch_sizes + self.out_features
-            bias_init = _Reshaped(bias_init, (math.prod(bias_shape),))
-            self.bias = param_from_init(bias_init, ctx.make_rng("params"), bias_shape, param_dtype)
-        else:
-            self.bias = None
+        bias_shape = batch_sizes + self.out_features
+        self.kernel, self.bias = _kernel_and_bias(
+            _Reshaped(kernel_init, flat_kernel), kernel_shape,
+            _Reshaped(bias_init, (math.prod(bias_shape),)), bias_shape if use_bias else None, param_dtype, ctx,
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         ndim = x.ndim
@@ -208,8 +231,7 @@ class LinearGeneral(Module):
         n_batch = len(self.batch_axis)
         batch_axes = tuple(range(n_batch))
         kernel_in = tuple(n_batch + i for i in order)
-        bias = self.bias.value if self.bias is not None else None
-        x, kernel, bias = promote_dtype(x, self.kernel.value, bias, dtype=self.dtype)
+        x, kernel, bias = _promoted(self, x)
         y = jax.lax.dot_general(x, kernel, ((axes, kernel_in), (batch_axes, batch_axes)), precision=self.precision)
         if bias is not None:
             # dot_general puts batch axes first, then the free input axes, then the features.
@@ -260,11 +282,9 @@ class Einsum(Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
-        self.kernel = param_from_init(kernel_init, ctx.make_rng("params"), self.kernel_shape, param_dtype)
-        if self.bias_shape is not None:
-            self.bias = param_from_init(bias_init, ctx.make_rng("params"), self.bias_shape, param_dtype)
-        else:
-            self.bias = None
+        self.kernel, self.bias = _kernel_and_bias(
+            kernel_init, self.kernel_shape, bias_init, self.bias_shape, param_dtype, ctx
+        )
 
     def __call__(self, x: jax.Array, einsum_str: str | None = None) -> jax.Array:
         if einsum_str is None and self.einsum_str is None:
@@ -273,8 +293,7 @@ class Einsum(Module):
                 "e.g. layer(x, 'bd,dk->bk')."
             )
         eq = self.einsum_str if einsum_str is None else _check_equation(einsum_str, self.kernel_shape)
-        bias = self.bias.value if self.bias is not None else None
-        x, kernel, bias = promote_dtype(x, self.kernel.value, bias, dtype=self.dtype)
+        x, kernel, bias = _promoted(self, x)
         y = jnp.einsum(eq, x, kernel, precision=self.precision)
         if bias is not None:
             shape = _bias_broadcast_shape(eq, self.kernel_shape, y.ndim)

@@ -42,6 +42,11 @@ def _axes(ndim: int, axes: Axes) -> tuple[int, ...]:
     return tuple(sorted({a % ndim for a in axes}))
 
 
+def _static_axes(axes: Axes) -> int | tuple[int, ...]:
+    """Axes as given, with a sequence made a tuple: static attributes must be hashable."""
+    return axes if isinstance(axes, int) else tuple(axes)
+
+
 def _freeze(groups: Any) -> Any:
     """Device groups as nested tuples: static attributes must be hashable."""
     return None if groups is None else tuple(tuple(g) for g in groups)
@@ -134,6 +139,19 @@ def _check_features(module: Module, x: jax.Array, axes: tuple[int, ...]) -> None
             f"{type(module).__name__}(num_features={module.num_features}) expected feature axes {axes} of the "
             f"inputs to hold {module.num_features} features, got shape {tuple(x.shape)}."
         )
+
+
+def _normalize_over_axes(module: Module, x: jax.Array, mask: jax.Array | None, *, use_mean: bool) -> jax.Array:
+    """LayerNorm (``use_mean=True``) and RMSNorm (``use_mean=False``, no bias) over the module's axes."""
+    reduction_axes, feature_axes = _axes(x.ndim, module.reduction_axes), _axes(x.ndim, module.feature_axes)
+    _check_features(module, x, feature_axes)
+    scale, bias = _params(module)
+    x, scale, bias = promote_dtype(x, scale, bias, dtype=module.dtype)
+    mean, var = _moments(
+        x, reduction_axes, dtype=module.dtype, use_mean=use_mean, use_fast_variance=module.use_fast_variance,
+        axis_name=module.axis_name, axis_index_groups=module.axis_index_groups, mask=mask,
+    )
+    return _normalize(x, mean, var, scale, bias, reduction_axes, feature_axes, module.dtype, module.epsilon)
 
 
 class BatchNorm(Module):
@@ -283,8 +301,8 @@ class LayerNorm(Module):
         self.param_dtype = param_dtype
         self.use_bias = use_bias
         self.use_scale = use_scale
-        self.reduction_axes = reduction_axes if isinstance(reduction_axes, int) else tuple(reduction_axes)
-        self.feature_axes = feature_axes if isinstance(feature_axes, int) else tuple(feature_axes)
+        self.reduction_axes = _static_axes(reduction_axes)
+        self.feature_axes = _static_axes(feature_axes)
         self.axis_name = axis_name
         self.axis_index_groups = _freeze(axis_index_groups)
         self.use_fast_variance = use_fast_variance
@@ -293,15 +311,7 @@ class LayerNorm(Module):
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalize ``x``; ``mask`` selects the entries the statistics use."""
-        reduction_axes, feature_axes = _axes(x.ndim, self.reduction_axes), _axes(x.ndim, self.feature_axes)
-        _check_features(self, x, feature_axes)
-        scale, bias = _params(self)
-        x, scale, bias = promote_dtype(x, scale, bias, dtype=self.dtype)
-        mean, var = _moments(
-            x, reduction_axes, dtype=self.dtype, use_fast_variance=self.use_fast_variance,
-            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups, mask=mask,
-        )
-        return _normalize(x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon)
+        return _normalize_over_axes(self, x, mask, use_mean=True)
 
 
 class RMSNorm(Module):
@@ -341,8 +351,8 @@ class RMSNorm(Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.use_scale = use_scale
-        self.reduction_axes = reduction_axes if isinstance(reduction_axes, int) else tuple(reduction_axes)
-        self.feature_axes = feature_axes if isinstance(feature_axes, int) else tuple(feature_axes)
+        self.reduction_axes = _static_axes(reduction_axes)
+        self.feature_axes = _static_axes(feature_axes)
         self.axis_name = axis_name
         self.axis_index_groups = _freeze(axis_index_groups)
         self.use_fast_variance = use_fast_variance
@@ -350,15 +360,7 @@ class RMSNorm(Module):
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalize ``x``; ``mask`` selects the entries the statistics use."""
-        reduction_axes, feature_axes = _axes(x.ndim, self.reduction_axes), _axes(x.ndim, self.feature_axes)
-        _check_features(self, x, feature_axes)
-        scale, _ = _params(self)
-        x, scale = promote_dtype(x, scale, dtype=self.dtype)
-        mean, var = _moments(
-            x, reduction_axes, dtype=self.dtype, use_mean=False, use_fast_variance=self.use_fast_variance,
-            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups, mask=mask,
-        )
-        return _normalize(x, mean, var, scale, None, reduction_axes, feature_axes, self.dtype, self.epsilon)
+        return _normalize_over_axes(self, x, mask, use_mean=False)
 
 
 class GroupNorm(Module):
@@ -426,9 +428,7 @@ class GroupNorm(Module):
         self.param_dtype = param_dtype
         self.use_bias = use_bias
         self.use_scale = use_scale
-        if reduction_axes is not None and not isinstance(reduction_axes, int):
-            reduction_axes = tuple(reduction_axes)
-        self.reduction_axes = reduction_axes
+        self.reduction_axes = None if reduction_axes is None else _static_axes(reduction_axes)
         self.axis_name = axis_name
         self.axis_index_groups = _freeze(axis_index_groups)
         self.use_fast_variance = use_fast_variance
@@ -459,7 +459,9 @@ class GroupNorm(Module):
         # Back to one statistic per channel: repeat each group's value group_size times.
         keep = tuple(1 if a in group_axes else n for a, n in enumerate(grouped.shape))
         stats_shape = tuple(1 if a in reduction_axes and a != last else n for a, n in enumerate(x.shape))
-        mean = jnp.broadcast_to(mean.reshape(keep[:-1] + (1,)), keep[:-1] + (self.group_size,)).reshape(stats_shape)
-        var = jnp.broadcast_to(var.reshape(keep[:-1] + (1,)), keep[:-1] + (self.group_size,)).reshape(stats_shape)
+        mean, var = (
+            jnp.broadcast_to(stat.reshape(keep[:-1] + (1,)), keep[:-1] + (self.group_size,)).reshape(stats_shape)
+            for stat in (mean, var)
+        )
         stat_axes = tuple(a for a in reduction_axes if a != last)
         return _normalize(x, mean, var, scale, bias, stat_axes, (last,), self.dtype, self.epsilon)

@@ -116,7 +116,7 @@ def max_pool(
       inputs, window_shape, strides, padding: as for :func:`pool`.
     """
     inputs = jnp.asarray(inputs)
-    return pool(inputs, _lowest(inputs.dtype), lax.max, window_shape, strides, padding)
+    return pool(inputs, _extreme(inputs.dtype, highest=False), lax.max, window_shape, strides, padding)
 
 
 def min_pool(
@@ -136,20 +136,14 @@ def min_pool(
       inputs, window_shape, strides, padding: as for :func:`pool`.
     """
     inputs = jnp.asarray(inputs)
-    return pool(inputs, _highest(inputs.dtype), lax.min, window_shape, strides, padding)
+    return pool(inputs, _extreme(inputs.dtype, highest=True), lax.min, window_shape, strides, padding)
 
 
-def _lowest(dtype: Any) -> Any:
+def _extreme(dtype: Any, *, highest: bool) -> Any:
+    """The largest (``highest``) or smallest value of ``dtype``: the identity of min (max) pooling."""
     if jnp.issubdtype(dtype, jnp.inexact):
-        return -jnp.inf
+        return jnp.inf if highest else -jnp.inf
     if dtype == jnp.bool_:
-        return False
-    return jnp.iinfo(dtype).min
-
-
-def _highest(dtype: Any) -> Any:
-    if jnp.issubdtype(dtype, jnp.inexact):
-        return jnp.inf
-    if dtype == jnp.bool_:
-        return True
-    return jnp.iinfo(dtype).max
+        return highest
+    info = jnp.iinfo(dtype)
+    return info.max if highest else info.min

@@ -212,9 +212,7 @@ class Optimizer(Module):
         buckets, structures = graph._groups(flat, (self.wrt,), False)
         structure = structures[0]
         if structure.paths != spec.param_paths:
-            have, want = set(structure.paths), set(spec.param_paths)
-            new = [p for p in structure.paths if p not in want]
-            gone = [p for p in spec.param_paths if p not in have]
+            gone, new = _path_diff(structure.paths, spec.param_paths)
             raise ValueError(
                 "Optimizer: the model's trained Variables changed since the optimizer was created "
                 f"(wrt={self.wrt!r}).\n"
@@ -296,10 +294,14 @@ def _adopt_grads(grads: Any, structure: StateStructure, param_vars: list) -> Sta
     return _new_state(leaves, structure)
 
 
-def _raise_path_mismatch(found: tuple, expected: tuple) -> None:
+def _path_diff(found: tuple, expected: tuple) -> tuple[list, list]:
+    """``(missing, extra)``: the paths only in ``expected`` and those only in ``found``, in order."""
     have, want = set(found), set(expected)
-    missing = [p for p in expected if p not in have]
-    extra = [p for p in found if p not in want]
+    return [p for p in expected if p not in have], [p for p in found if p not in want]
+
+
+def _raise_path_mismatch(found: tuple, expected: tuple) -> None:
+    missing, extra = _path_diff(found, expected)
     text = "Optimizer.update: the gradients' paths do not match the trained parameters (wrt).\n"
     text += _listing("  missing from grads", missing)
     text += _listing("  unexpected in grads", extra)
