@@ -102,7 +102,7 @@ def accepted_keywords(layer: Callable) -> frozenset[str] | None:
 
     >>> import nnxlite as nnx
     >>> sorted(accepted_keywords(nnx.Dropout(0.5)))
-    ['ctx', 'deterministic']
+    ['ctx', 'deterministic', 'rngs']
     >>> accepted_keywords(nnx.relu)
     frozenset()
     """
