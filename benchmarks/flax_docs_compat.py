@@ -23,6 +23,7 @@ suite. Run it from the repository root::
     python benchmarks/flax_docs_compat.py                       # every guide
     python benchmarks/flax_docs_compat.py --guides randomness surgery
     python benchmarks/flax_docs_compat.py --json out.json --cell-timeout 120
+    python benchmarks/flax_docs_compat.py --flax-cache /tmp/flax_runs.json   # run flax once only
 
 ``--docs`` points at a checkout of flax's ``docs_nnx`` folder (default
 ``/work/flaxref/docs_nnx``).
@@ -31,6 +32,7 @@ suite. Run it from the repository root::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -197,10 +199,17 @@ def run_cells(cells: list[Cell], *, nnxlite: bool, cell_timeout: int, guide_time
     return [("error", f"runner crashed: {tail[0][:200]}")] * len(cells)
 
 
-def run_guide(path: Path, docs: Path, cell_timeout: int) -> GuideResult:
+def run_guide(path: Path, docs: Path, cell_timeout: int, cache: dict | None = None) -> GuideResult:
     cells = cells_of(path)
     guide_timeout = max(600, cell_timeout * len(cells))
-    flax = run_cells(cells, nnxlite=False, cell_timeout=cell_timeout, guide_timeout=guide_timeout)
+    # flax's results depend only on the cells (and the installed flax): reuse them when asked to.
+    digest = hashlib.sha256(json.dumps([c.code for c in cells]).encode()).hexdigest()
+    if cache is not None and digest in cache:
+        flax = [tuple(r) for r in cache[digest]]
+    else:
+        flax = run_cells(cells, nnxlite=False, cell_timeout=cell_timeout, guide_timeout=guide_timeout)
+        if cache is not None:
+            cache[digest] = flax
     ours = run_cells(cells, nnxlite=True, cell_timeout=cell_timeout, guide_timeout=guide_timeout)
     result = GuideResult(
         guide=str(path.relative_to(docs)), cells=len(cells), skipped=sum(bool(c.skip_reason) for c in cells),
@@ -239,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="only guides whose path contains one of these words (default: all)")
     parser.add_argument("--cell-timeout", type=int, default=180, help="seconds per cell (default: %(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this file")
+    parser.add_argument("--flax-cache", type=Path, default=None,
+                        help="JSON file caching the flax runs between invocations (default: run flax every time)")
     args = parser.parse_args(argv)
+    cache = json.loads(args.flax_cache.read_text()) if args.flax_cache and args.flax_cache.exists() else None
+    if args.flax_cache and cache is None:
+        cache = {}
 
     paths = guides(args.docs)
     if args.guides:
@@ -247,8 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for path in paths:
         start = time.perf_counter()
-        result = run_guide(path, args.docs, args.cell_timeout)
+        result = run_guide(path, args.docs, args.cell_timeout, cache)
         results.append(result)
+        if args.flax_cache:
+            args.flax_cache.write_text(json.dumps(cache))
         print(f"{result.guide}: flax {len(result.flax_pass)}/{result.cells}, nnxlite {len(result.both_pass)} "
               f"({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
     print(report(results))
