@@ -9,10 +9,12 @@
 
 from nnxlite import filters
 from nnxlite import display
+from nnxlite.display import tabulate
 from nnxlite.filters import All, Any, Not, PathContains
 from nnxlite.graph import GraphDef, ModuleDef, clone, graphdef, iter_graph, merge, pop, split, state, update
 from nnxlite.module import Dict, List, Module
 from nnxlite.rng import Context, ContextDef, Rngs, RngStream, context
+from nnxlite.rng_ops import backup_keys, fork_rngs, reseed, restore_rngs, split_rngs, with_rngs
 from nnxlite.state import State
 from nnxlite.variables import (
     BatchStat,
@@ -47,6 +49,12 @@ from nnxlite.training.optimizer import Optimizer
 from nnxlite import checkpoint
 from nnxlite.checkpoint import restore, save
 from nnxlite import transforms
+from nnxlite import compat
+from nnxlite.compat import *  # noqa: F401,F403  (flax.nnx's names: to_pure_dict, merge_state, OfType, ...)
+from nnxlite.compat import graphlib, rnglib, statelib, variablelib
+from nnxlite import filters as filterlib
+from nnxlite.training import optimizer
+from nnxlite.training.optimizer import ModelAndOptimizer
 from nnxlite.transforms import Carry, cond, eval_shape, grad, jit, remat, scan, switch, value_and_grad, vmap
 
 __version__ = "0.1.0"

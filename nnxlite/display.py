@@ -14,13 +14,15 @@ trees (``treescope.basic_interactive_setup()`` once per notebook).
 from __future__ import annotations
 
 import functools
+import sys
+import types
 import inspect
 from collections import Counter
 from typing import Any
 
 import numpy as np
 
-__all__ = ["module_repr", "summary"]
+__all__ = ["module_repr", "summary", "tabulate", "display"]
 
 _SIMPLE = (bool, int, float, str, type(None))
 
@@ -192,3 +194,84 @@ def render_state(state: Any, path, subtree_renderer):
     return repr_lib.render_dictionary_wrapper(
         object_type=type(state), wrapped_dict=state.to_pure_dict(), path=path, subtree_renderer=subtree_renderer
     )
+
+
+def tabulate(node: Any, *inputs: Any, depth: int | None = None, **kwargs: Any) -> str:
+    """A per-module table (path, type, parameter shapes, counts, bytes) with totals.
+
+    ``inputs`` and extra keywords are accepted for flax.nnx's signature; the
+    table describes the state, so the model is not run.
+
+    >>> import nnxlite as nnx
+    >>> print(nnx.tabulate(nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))))
+    path     | type     | variables                | count | bytes
+    ---------+----------+--------------------------+-------+------
+    (root)   | Sequence | -                        | 0     | 0 B
+    layers/0 | Linear   | kernel (2, 3), bias (3,) | 9     | 36 B
+    ---------+----------+--------------------------+-------+------
+    total    |          | Param: 9 (36 B)          | 9     | 36 B
+    """
+    from nnxlite import graph
+
+    rows = []
+    for path, obj in graph.iter_graph(node):
+        if not hasattr(obj, "__dict__") or type(obj).__module__.startswith("builtins"):
+            continue
+        if depth is not None and len(path) > depth:
+            continue
+        own = [(k, v) for k, v in vars(obj).items() if hasattr(v, "raw_value") and hasattr(v, "_metadata")]
+        if not own and path:
+            continue
+        shapes = ", ".join(f"{k} {tuple(np.shape(v.raw_value))}" for k, v in own)
+        count = sum(int(np.size(v.raw_value)) for _, v in own)
+        nbytes = sum(_nbytes(v.raw_value) for _, v in own)
+        rows.append(("/".join(map(str, path)) or "(root)", type(obj).__name__, shapes or "-", f"{count:,}",
+                     _human_bytes(nbytes)))
+    total = sum(int(np.size(v.raw_value)) for v in graph._flat(node).variables)
+    total_bytes = sum(_nbytes(v.raw_value) for v in graph._flat(node).variables)
+    header = ("path", "type", "variables", "count", "bytes")
+    rows.append(("total", "", summary(node) or "-", f"{total:,}", _human_bytes(total_bytes)))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: " | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    sep = "-+-".join("-" * w for w in widths)
+    return "\n".join([line(header), sep, *map(line, rows[:-1]), sep, line(rows[-1])])
+
+
+def display(*objects: Any) -> None:
+    """Show objects: treescope in a notebook (when installed), their ``repr`` in a terminal.
+
+    ``nnx.display(x)`` works because this module is callable.
+
+    >>> import nnxlite as nnx
+    >>> nnx.display(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    Linear(in_features=2, out_features=3)  # Param: 9 (36 B)
+    """
+    for obj in objects:
+        if _in_notebook():
+            try:
+                import treescope
+
+                treescope.display(obj)
+                continue
+            except Exception:  # no treescope, or it cannot render this object: fall back to text
+                pass
+        print(repr(obj))
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython  # type: ignore
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class _CallableModule(types.ModuleType):
+    """The ``display`` module, callable as :func:`display` (flax.nnx's ``nnx.display(x)``)."""
+
+    def __call__(self, *objects: Any) -> None:
+        display(*objects)
+
+
+sys.modules[__name__].__class__ = _CallableModule

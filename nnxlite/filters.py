@@ -31,7 +31,9 @@ Path = tuple[_Any, ...]
 Predicate = Callable[[Path, Variable], bool]
 Filter = Union[type, tuple, list, str, Callable, "ellipsis", bool, None]  # noqa: F821
 
-__all__ = ["Filter", "to_predicate", "Not", "All", "Any", "PathContains", "OfType", "Everything", "Nothing"]
+__all__ = [
+    "Filter", "to_predicate", "Not", "All", "Any", "PathContains", "OfType", "WithTag", "Everything", "Nothing",
+]
 
 
 class OfType:
@@ -56,24 +58,58 @@ class OfType:
 class PathContains:
     """Matches Variables whose path contains ``key`` as one component.
 
+    ``exact=False`` (flax.nnx) matches when ``str(key)`` occurs inside any
+    component's string.
+
     >>> PathContains("bias")(("layers", 0, "bias"), None)
+    True
+    >>> PathContains("lay", exact=False)(("layers", 0, "bias"), None)
     True
     """
 
-    def __init__(self, key: _Any):
+    def __init__(self, key: _Any, exact: bool = True):
         self.key = key
+        self.exact = exact
 
     def __call__(self, path: Path, variable: Variable) -> bool:
-        return self.key in path
+        if self.exact:
+            return self.key in path
+        return builtins.any(str(self.key) in str(part) for part in path)
 
     def __repr__(self) -> str:
         return f"PathContains({self.key!r})"
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, PathContains) and other.key == self.key
+        return isinstance(other, PathContains) and other.key == self.key and other.exact == self.exact
 
     def __hash__(self) -> int:
-        return hash((PathContains, self.key))
+        return hash((PathContains, self.key, self.exact))
+
+
+class WithTag:
+    """Matches Variables whose ``tag`` metadata is ``tag`` (RNG state carries its stream name).
+
+    >>> import nnxlite as nnx
+    >>> rngs = nnx.Rngs(params=0, dropout=1)
+    >>> len(nnx.state(rngs, nnx.WithTag("dropout")).flat())
+    2
+    """
+
+    def __init__(self, tag: str):
+        self.tag = tag
+
+    def __call__(self, path: Path, variable: Variable) -> bool:
+        meta = getattr(variable, "_metadata", None)
+        return bool(meta) and meta.get("tag") == self.tag
+
+    def __repr__(self) -> str:
+        return f"WithTag({self.tag!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, WithTag) and other.tag == self.tag
+
+    def __hash__(self) -> int:
+        return hash((WithTag, self.tag))
 
 
 class _Combinator:

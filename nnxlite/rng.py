@@ -21,11 +21,14 @@ Asking for a stream that does not exist falls back to the ``default`` stream
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from nnxlite._random_methods import RandomMethods
+from nnxlite import filters as filterlib
 from nnxlite.module import Module
 from nnxlite.variables import RngCount, RngKey
 
@@ -44,42 +47,103 @@ def _is_typed_key(x: Any) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-class RngStream(Module):
+class RngStream(RandomMethods, Module):
     """One named random stream: a base key and a counter (both Variables).
 
     Calling it returns a fresh key: ``fold_in(key, count)``, then ``count += 1``.
+    The ``jax.random`` functions are methods too (``stream.normal((2,))``).
+    ``tag`` (the stream's name) is recorded as metadata on both Variables,
+    as flax.nnx does.
     """
 
-    def __init__(self, key: Any, *, count: Any = 0):
-        self.key = RngKey(_as_key(key))
-        self.count = RngCount(jnp.asarray(count, dtype=jnp.uint32))
+    def __init__(self, key: Any, *, count: Any = None, tag: str | None = None):
+        if isinstance(key, RngStream):
+            key = key.key.raw_value
+        key = _as_key(key)
+        if count is None:  # one counter per key (a split stream has a batch of keys)
+            count = jnp.zeros(jnp.shape(key)[:-1] if not _is_typed_key(key) else jnp.shape(key), jnp.uint32)
+        meta = {} if tag is None else {"tag": tag}
+        self.key = RngKey(key, **meta)
+        self.count = RngCount(jnp.asarray(count, dtype=jnp.uint32), **meta)
 
-    def __call__(self) -> jax.Array:
+    @property
+    def tag(self) -> str | None:
+        """The stream's name (None for a stream made on its own)."""
+        return self.key._metadata.get("tag")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> jax.Array:
+        if args or kwargs:
+            raise TypeError(
+                "An RngStream is called with no arguments and returns a key: key = rngs.params(). "
+                "To draw samples, use the jax.random shorthands: rngs.params.normal((2, 3)), "
+                "rngs.dropout.bernoulli(0.5, shape), ..."
+            )
         count = self.count.raw_value
         key = jax.random.fold_in(self.key.raw_value, count)
         self.count.value = count + 1
         return key
 
-    def fork(self, n: int | tuple[int, ...]) -> jax.Array:
-        """``n`` independent keys at once (for vmap lanes or scan steps)."""
-        return jax.random.split(self(), n)
+    def fork(self, n: int | tuple[int, ...] | None = None, /, *, split: int | tuple[int, ...] | None = None):
+        """``fork(n)``: ``n`` independent keys at once (for vmap lanes or scan steps).
+
+        ``fork()`` (flax.nnx): a new, independent RngStream seeded from this
+        one; ``fork(split=n)`` gives it ``n`` keys (a stream per lane).
+
+        >>> import nnxlite as nnx
+        >>> s = nnx.Rngs(0).params
+        >>> s.fork(3).shape, type(s.fork()).__name__, s.fork(split=4).key.shape
+        ((3, 2), 'RngStream', (4, 2))
+        """
+        if n is not None:
+            return jax.random.split(self(), n)
+        key = self()
+        if split is not None:
+            key = jax.random.split(key, split)
+        return RngStream(key, tag=self.tag)
+
+    def split(self, k: int | tuple[int, ...]) -> "RngStream":
+        """A new RngStream holding ``k`` keys split from a fresh key of this one."""
+        return RngStream(jax.random.split(self(), k), tag=self.tag)
+
+    def broadcast(self, k: int | tuple[int, ...]) -> "RngStream":
+        """A new RngStream holding one fresh key repeated to shape ``k``."""
+        key = self()
+        shape = (k,) if isinstance(k, int) else tuple(k)
+        return RngStream(jnp.broadcast_to(key, shape + key.shape), tag=self.tag)
 
 
-class Context(Module):
+class Context(RandomMethods, Module):
     """Named random streams, created with :func:`context`.
 
-    Pass it to constructors (``ctx=``) and to stochastic layers at call time.
-    Its streams are attributes: ``ctx.params`` is an :class:`RngStream`, and
-    ``ctx.params()`` draws a key (the same as ``ctx.make_rng('params')``).
+    Pass it to constructors (``ctx=``, or ``rngs=``) and to stochastic layers
+    at call time. Its streams are attributes: ``ctx.params`` is an
+    :class:`RngStream`, and ``ctx.params()`` draws a key (the same as
+    ``ctx.make_rng('params')`` and ``ctx['params']()``). flax.nnx's surface
+    works too: ``rngs()`` draws from the default stream, ``rngs.normal(shape)``
+    and the other ``jax.random`` shorthands, ``rngs.fork()``,
+    ``rngs.split(n)``, iteration over stream names and ``rngs.items()``.
+
+    >>> import nnxlite as nnx
+    >>> rngs = nnx.Rngs(0, dropout=1)
+    >>> rngs().shape, rngs["dropout"]().shape, rngs.normal((2,)).shape
+    ((2,), (2,), (2,))
+    >>> sorted(rngs), len(rngs)
+    (['default', 'dropout'], 2)
     """
 
     def __init__(self, default: Any = None, /, **streams: Any):
-        if default is not None:
+        if isinstance(default, Mapping):  # flax.nnx: Rngs({"params": 0, "dropout": 1})
+            streams = {**default, **streams}
+        elif default is not None:
             streams = {DEFAULT: default, **streams}
         if not streams:
             raise ValueError("A Context needs at least one stream: nnx.context(0) or nnx.context(params=0, ...).")
         for name, seed in streams.items():
-            setattr(self, name, seed if isinstance(seed, RngStream) else RngStream(seed))
+            if isinstance(seed, RngStream) and seed.tag == name:
+                stream = seed
+            else:
+                stream = RngStream(seed, tag=name)
+            setattr(self, name, stream)
 
     def stream_names(self) -> list[str]:
         """Names of the streams this context holds."""
@@ -103,6 +167,31 @@ class Context(Module):
         """Draw a fresh key from stream ``name`` (falling back to the default stream)."""
         return self.stream(name)()
 
+    def __call__(self, *args: Any, **kwargs: Any) -> jax.Array:
+        """Draw a key from the default stream (flax.nnx's ``rngs()``)."""
+        if args or kwargs:
+            raise TypeError(
+                "A Context is called with no arguments and returns a key from its default stream: key = rngs(). "
+                "To draw samples use rngs.normal((2, 3)) and the other jax.random shorthands."
+            )
+        return self.stream(DEFAULT)()
+
+    def __getitem__(self, name: str) -> RngStream:
+        return self.stream(name)
+
+    def __iter__(self):
+        return iter(self.stream_names())
+
+    def __len__(self) -> int:
+        return len(self.stream_names())
+
+    def __contains__(self, name: Any) -> bool:
+        return isinstance(self.__dict__.get(name), RngStream)
+
+    def items(self):
+        """``(name, stream)`` pairs."""
+        return [(name, self.__dict__[name]) for name in self.stream_names()]
+
     def __getattr__(self, name: str) -> Any:
         # Only reached when `name` is not an attribute: unknown streams use the default.
         if name.startswith("_"):
@@ -111,6 +200,29 @@ class Context(Module):
             return self.stream(name)
         except KeyError as e:
             raise AttributeError(str(e)) from None
+
+    def _per_stream(self, spec: Any, op: str) -> "Context":
+        """A new Context applying ``stream.<op>(size)`` to each stream selected by ``spec``.
+
+        ``spec`` is a size (for every stream) or ``{filter: size or None}``
+        (first match wins; None or no match keeps the stream as is).
+        """
+        if not isinstance(spec, Mapping):
+            spec = {...: spec}
+        rules = [(filterlib.to_predicate(f), size) for f, size in spec.items()]
+        out = {}
+        for name, stream in self.items():
+            size = next((n for pred, n in rules if pred((name,), stream.key) or pred((name,), stream)), None)
+            out[name] = stream if size is None else getattr(stream, op)(size)
+        return Context(**out)
+
+    def split(self, k: Any) -> "Context":
+        """A new Context whose streams hold ``k`` keys each (``k`` may map filters to sizes)."""
+        return self._per_stream(k, "split")
+
+    def broadcast(self, k: Any) -> "Context":
+        """A new Context whose streams hold one fresh key repeated to shape ``k``."""
+        return self._per_stream(k, "broadcast")
 
     def partition(self) -> tuple["Keys", "ContextDef"]:
         """Draw one key per stream and return ``(keys, ctxdef)``.
@@ -129,9 +241,32 @@ class Context(Module):
         """
         return Keys({name: self.make_rng(name) for name in self.stream_names()}), ContextDef()
 
-    def fork(self, n: int) -> dict[str, jax.Array]:
-        """``{name: n keys}``: split every stream for ``n`` lanes or steps."""
-        return {name: self.stream(name).fork(n) for name in self.stream_names()}
+    def fork(self, n: int | None = None, /, *, split: Any = None) -> "dict[str, jax.Array] | Context":
+        """``fork(n)``: ``{name: n keys}``, every stream split for ``n`` lanes or steps.
+
+        ``fork()`` (flax.nnx): a new Context of independent streams, each
+        seeded from a fresh key of this one's; ``fork(split=n)`` (or
+        ``{filter: n}``) gives the selected streams ``n`` keys.
+
+        >>> import nnxlite as nnx
+        >>> ctx = nnx.context(0)
+        >>> ctx.fork(4)["default"].shape
+        (4, 2)
+        >>> forked = ctx.fork()
+        >>> type(forked).__name__, forked.default.key.shape
+        ('Context', (2,))
+        """
+        if n is not None:
+            return {name: self.stream(name).fork(n) for name in self.stream_names()}
+        rules = []
+        if split is not None:
+            spec = split if isinstance(split, Mapping) else {...: split}
+            rules = [(filterlib.to_predicate(f), size) for f, size in spec.items()]
+        out = {}
+        for name, stream in self.items():
+            size = next((s for pred, s in rules if pred((name,), stream.key) or pred((name,), stream)), None)
+            out[name] = stream.fork(split=size)
+        return Context(**out)
 
 
 Rngs = Context

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from nnxlite import _epoch
+from nnxlite._variable_flax import FlaxVariableMethods
 
 __all__ = [
     "Variable",
@@ -72,7 +73,7 @@ class _VariableMeta(type):
         return cls
 
 
-class Variable(metaclass=_VariableMeta):
+class Variable(FlaxVariableMethods, metaclass=_VariableMeta):
     """A mutable box holding one state value and its metadata.
 
     Subclass it to define a new *kind* of state; the subclass is the handle
@@ -132,15 +133,27 @@ class Variable(metaclass=_VariableMeta):
         """A new Variable of the same type and metadata holding ``value``."""
         return _make(type(self), value, self._metadata)
 
-    def set_metadata(self, **metadata: Any) -> "Variable":
+    def set_metadata(self, *args: Any, replace: bool = False, **metadata: Any) -> "Variable":
         """Add or change metadata entries (they are static structure, like attribute names).
+
+        flax.nnx's spellings work too: ``set_metadata("name", value)``, and
+        ``set_metadata({...})``, which (like ``replace=True``) replaces the
+        whole dictionary.
 
         >>> import nnxlite as nnx
         >>> p = nnx.Param(1.0).set_metadata(sharding=("embed", None))
         >>> p.sharding
         ('embed', None)
         """
-        self._metadata = {**self._metadata, **metadata}  # copy on write: merged Variables share dicts
+        if args:
+            if metadata or len(args) > 2:
+                raise TypeError("set_metadata takes a dict, a (name, value) pair, or keywords; not a mix.")
+            if len(args) == 2:
+                metadata = {args[0]: args[1]}
+            else:
+                metadata, replace = dict(args[0]), True
+        # copy on write: merged Variables share dicts
+        self._metadata = dict(metadata) if replace else {**self._metadata, **metadata}
         _epoch.bump()
         return self
 
@@ -193,10 +206,16 @@ class Variable(metaclass=_VariableMeta):
         return iter(self.raw_value)
 
     def __getitem__(self, index):
-        return _read(self)[index]
+        value = _read(self)
+        if index is Ellipsis and not hasattr(value, "__getitem__"):  # variable[...] on a Python scalar
+            return value
+        return value[index]
 
     def __setitem__(self, index, value):
         # Functional update of the held array, written back into this box.
+        if index is Ellipsis and not hasattr(self.raw_value, "at"):  # a Python scalar or numpy value
+            self.raw_value = value.raw_value if isinstance(value, Variable) else value
+            return
         self.raw_value = self.raw_value.at[index].set(value)
 
     def __bool__(self) -> bool:

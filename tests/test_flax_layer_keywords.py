@@ -112,10 +112,10 @@ def test_positional_arguments_flax_takes():
 
 def test_keep_rngs_default_follows_the_spelling():
     flax_style = nnx.MultiHeadAttention(2, 4, 8, dropout_rate=0.5, rngs=nnx.Rngs(0))
-    assert flax_style.ctx is not None  # flax keeps a dropout stream by default
+    assert flax_style.rngs is not None  # flax keeps a dropout stream by default, as `rngs`
     ours = nnx.MultiHeadAttention(2, 4, 8, dropout_rate=0.5, ctx=nnx.context(0))
     assert ours.ctx is None  # nnxlite's default is unchanged
-    assert nnx.MultiHeadAttention(2, 4, 8, dropout_rate=0.5, rngs=nnx.Rngs(0), keep_rngs=False).ctx is None
+    assert nnx.MultiHeadAttention(2, 4, 8, dropout_rate=0.5, rngs=nnx.Rngs(0), keep_rngs=False).rngs is None
     with pytest.raises(TypeError, match="same"):
         nnx.MultiHeadAttention(2, 4, 8, rngs=nnx.Rngs(0), keep_rngs=True, keep_ctx=False)
 

@@ -421,7 +421,10 @@ class MultiHeadAttention(Module):
             dot_general_cls=out_dot_general_cls, ctx=ctx, kernel_metadata=out_kernel_metadata,
             bias_metadata=out_bias_metadata,
         )
-        self.ctx = Context(dropout=ctx.make_rng("dropout")) if keep and dropout_rate > 0 else None
+        keep = keep and dropout_rate > 0
+        # As in Dropout: nnxlite's spelling keeps a Context, flax's keeps flax's forked stream as `rngs`.
+        self.ctx = Context(dropout=ctx.make_rng("dropout")) if keep and not flax_spelling else None
+        self.rngs = ctx.stream("dropout").fork() if keep and flax_spelling else None
         self.cached_key = None
         self.cached_value = None
         self.cache_index = None
@@ -490,7 +493,9 @@ class MultiHeadAttention(Module):
             deterministic = bool(self.deterministic)
         dropout_rng = None
         if self.dropout_rate > 0.0 and not deterministic:
-            dropout_rng = draw_key(ctx if ctx is not None else self.ctx, "dropout", "MultiHeadAttention")
+            if ctx is None:
+                ctx = self.ctx if self.ctx is not None else self.rngs
+            dropout_rng = draw_key(ctx, "dropout", "MultiHeadAttention")
         x = self.attention_fn(
             query, key, value, mask=mask, dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
             broadcast_dropout=self.broadcast_dropout, deterministic=deterministic or self.dropout_rate == 0.0,

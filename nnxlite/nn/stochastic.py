@@ -51,14 +51,18 @@ class Dropout(Module):
         ctx: Context | RngStream | None = None,
         rngs: Context | RngStream | None = None,
     ):
-        ctx = one_rng_arg(ctx, rngs, "Dropout")
+        one_rng_arg(ctx, rngs, "Dropout")
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"Dropout: rate={rate} must be a probability in [0, 1].")
         self.rate = rate
         self.broadcast_dims = tuple(broadcast_dims)
         self.deterministic = deterministic
         self.rng_collection = rng_collection
+        # nnxlite's spelling keeps the Context itself (shared with the caller); flax.nnx's
+        # spelling keeps, as flax does, an independent stream forked from its dropout stream,
+        # under flax's attribute name, so state paths and reseeding match flax.
         self.ctx = ctx
+        self.rngs = _forked_stream(rngs, rng_collection)
 
     def __call__(
         self,
@@ -82,13 +86,26 @@ class Dropout(Module):
             return x
         if self.rate == 1.0:
             return jnp.zeros_like(x)
-        key = draw_key(ctx if ctx is not None else self.ctx, self.rng_collection, "Dropout")
+        if ctx is None:
+            ctx = self.ctx if self.ctx is not None else self.rngs
+        key = draw_key(ctx, self.rng_collection, "Dropout")
         keep = 1.0 - self.rate
         shape = list(x.shape)
         for d in self.broadcast_dims:
             shape[d] = 1
         mask = jnp.broadcast_to(bernoulli(key, keep, tuple(shape)), x.shape)
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def _forked_stream(rngs: Context | RngStream | None, stream: str) -> RngStream | None:
+    """flax.nnx's ``rngs[stream].fork()`` (an RngStream is forked itself); None stays None."""
+    if rngs is None:
+        return None
+    if isinstance(rngs, RngStream):
+        return rngs.fork()
+    if isinstance(rngs, Context):
+        return rngs.stream(stream).fork()
+    raise TypeError(f"rngs must be an nnx.Rngs, an RngStream or None, got {type(rngs).__name__}.")
 
 
 def bernoulli(key: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:

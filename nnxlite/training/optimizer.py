@@ -136,8 +136,12 @@ class Optimizer(Module):
         self._spec = _Spec(treedef, paths, params.paths())
 
     # -- the hot path ---------------------------------------------------------------
-    def update(self, grads: State | Mapping, /, **kwargs: Any) -> None:
+    def update(self, *args: Any, **kwargs: Any) -> None:
         """Apply one optimizer step: ``tx.update`` then ``optax.apply_updates``, in place.
+
+        Both spellings work: ``optimizer.update(grads)`` and flax.nnx's
+        ``optimizer.update(model, grads)`` (the model must be the one the
+        optimizer was created with).
 
         Args:
           grads: the gradients, as returned by ``nnx.grad(..., wrt=<the same
@@ -160,6 +164,7 @@ class Optimizer(Module):
         >>> model.bias.value.tolist()
         [-0.5]
         """
+        grads = self._grads_argument(args)
         plan = self._plan()
         structure = plan.structure
         grads = _adopt_grads(grads, structure, plan.param_vars)
@@ -184,6 +189,23 @@ class Optimizer(Module):
             v.raw_value = x
         step = self.step
         step.raw_value = step.raw_value + 1
+
+    def _grads_argument(self, args: tuple) -> Any:
+        """The gradients out of ``(grads,)`` or flax's ``(model, grads)``."""
+        if len(args) == 1:
+            return args[0]
+        if len(args) == 2:
+            model, grads = args
+            if model is not self.model:
+                raise ValueError(
+                    f"Optimizer.update(model, grads): this optimizer was created for a different "
+                    f"{type(self.model).__name__} object than the {type(model).__name__} passed; pass the model "
+                    f"given to nnx.Optimizer(model, tx), or call optimizer.update(grads)."
+                )
+            return grads
+        raise TypeError(
+            f"Optimizer.update takes (grads) or (model, grads), got {len(args)} positional arguments."
+        )
 
     def optax_state(self) -> Any:
         """The optax state as optax sees it (the pytree ``tx.init`` returned), rebuilt from the Variables.
@@ -356,3 +378,13 @@ def _nest(paths: tuple[Path, ...], leaves: list) -> dict:
             d = d.setdefault(k, {})
         d[path[-1]] = leaf
     return out
+
+
+class ModelAndOptimizer(Optimizer):
+    """flax.nnx's name for an optimizer that keeps its model (every nnxlite Optimizer does).
+
+    >>> import optax, nnxlite as nnx
+    >>> opt = nnx.ModelAndOptimizer(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), optax.sgd(0.1), wrt=nnx.Param)
+    >>> isinstance(opt, nnx.Optimizer)
+    True
+    """

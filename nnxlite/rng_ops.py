@@ -1,0 +1,291 @@
+"""Operations on every RNG stream inside a model: flax.nnx's ``split_rngs``, ``fork_rngs``, ``reseed``, ...
+
+nnxlite's lifted transforms already split the streams that reach them (one
+key per ``vmap`` lane or ``scan`` step), so nnxlite code rarely needs these.
+They exist so that flax.nnx programs run unchanged:
+
+* :func:`split_rngs` replaces each selected stream's key by ``splits`` keys
+  (and its counter by as many zeros), in place, returning backups;
+* :func:`fork_rngs` gives each selected stream a fresh independent key;
+* :func:`restore_rngs` puts the backed-up keys (and counters) back;
+* :func:`reseed` gives named streams new seeds;
+* :func:`with_rngs` returns a copy whose streams are split/forked/broadcast.
+
+``split_rngs`` and ``fork_rngs`` also work as decorators (the streams found
+in the arguments are changed for the duration of the call) and their result
+is a context manager that restores on exit::
+
+    >>> import nnxlite as nnx
+    >>> rngs = nnx.Rngs(params=0, dropout=1)
+    >>> with nnx.split_rngs(rngs, splits=5):
+    ...     rngs.params.key.shape, rngs.params.count.shape
+    ((5, 2), (5,))
+    >>> rngs.params.key.shape
+    (2,)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from nnxlite import filters as filterlib
+from nnxlite import graph
+from nnxlite.rng import Context, RngStream
+
+__all__ = ["split_rngs", "fork_rngs", "restore_rngs", "reseed", "with_rngs", "backup_keys", "SplitBackups"]
+
+_MISSING: Any = object()
+
+
+class SplitBackups(list):
+    """The ``(stream, key, count)`` triples saved by :func:`split_rngs`/:func:`fork_rngs`.
+
+    Use it as a context manager, or pass it to :func:`restore_rngs`.
+    """
+
+    def __enter__(self) -> "SplitBackups":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        restore_rngs(self)
+
+
+def _streams(node: Any, only: filterlib.Filter = ...) -> list[tuple[tuple, RngStream]]:
+    """``(path, stream)`` for each RngStream in ``node`` selected by ``only`` (matched on key and count)."""
+    predicate = filterlib.to_predicate(only)
+    found = []
+    for path, obj in graph.iter_graph(node):
+        if isinstance(obj, RngStream):
+            path = tuple(path)
+            if predicate(path + ("key",), obj.key) and predicate(path + ("count",), obj.count):
+                found.append((path, obj))
+    return found
+
+
+def _backup(stream: RngStream) -> tuple:
+    return (stream, stream.key.raw_value, stream.count.raw_value)
+
+
+def _count_shape(key: jax.Array) -> tuple[int, ...]:
+    return tuple(key.shape[:-1]) if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else tuple(key.shape)
+
+
+def _set(stream: RngStream, key: jax.Array) -> None:
+    stream.key.value = key
+    stream.count.value = jnp.zeros(_count_shape(key), jnp.uint32)
+
+
+def _decorate(apply: Callable[[Any], SplitBackups]) -> Callable:
+    def decorator(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with apply((args, kwargs)):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def split_rngs(
+    node: Any = _MISSING,
+    /,
+    *,
+    splits: int | tuple[int, ...],
+    only: filterlib.Filter = ...,
+    squeeze: bool = False,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
+    """Split each selected stream of ``node`` into ``splits`` keys, in place; returns :class:`SplitBackups`.
+
+    Without ``node`` it is a decorator. ``squeeze=True`` (only with
+    ``splits=1``) keeps the key's shape. With ``graph_updates=False`` the
+    streams of a copy are split and the copy is returned. ``graph=`` is
+    accepted for flax compatibility (nnxlite always walks the graph).
+
+    >>> import nnxlite as nnx
+    >>> @nnx.split_rngs(splits=3)
+    ... def shapes(rngs):
+    ...     return rngs.params.key.shape
+    >>> shapes(nnx.Rngs(params=0))
+    (3, 2)
+    """
+    if squeeze and splits != 1:
+        raise ValueError(f"split_rngs: squeeze=True needs splits=1, got splits={splits}.")
+
+    def apply(target: Any) -> SplitBackups:
+        backups = SplitBackups()
+        for _, stream in _streams(target, only):
+            backups.append(_backup(stream))
+            key = jax.random.split(stream(), splits)
+            _set(stream, key[0] if squeeze else key)
+        return backups
+
+    if node is _MISSING:
+        return _decorate(apply)
+    if graph_updates is False:
+        copy = _copy(node)
+        apply(copy)
+        return copy
+    return apply(node)
+
+
+def fork_rngs(
+    node: Any = _MISSING,
+    /,
+    *,
+    split: Mapping[filterlib.Filter, Any] | int | tuple[int, ...] | None = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
+    """Give each stream of ``node`` a fresh, independent key (``split=n``: ``n`` keys), in place.
+
+    Returns :class:`SplitBackups`; without ``node`` it is a decorator.
+
+    >>> import nnxlite as nnx
+    >>> rngs = nnx.Rngs(0)
+    >>> with nnx.fork_rngs(rngs, split=2):
+    ...     rngs.default.key.shape
+    (2, 2)
+    """
+    spec = {...: None} if split is None else (split if isinstance(split, Mapping) else {...: split})
+    rules = [(filterlib.to_predicate(f), n) for f, n in spec.items()]
+
+    def apply(target: Any) -> SplitBackups:
+        backups = SplitBackups()
+        for path, stream in _streams(target):
+            for predicate, n in rules:
+                if predicate(path + ("key",), stream.key) and predicate(path + ("count",), stream.count):
+                    backups.append(_backup(stream))
+                    key = stream()
+                    _set(stream, key if n is None else jax.random.split(key, n))
+                    break
+        return backups
+
+    if node is _MISSING:
+        return _decorate(apply)
+    if graph_updates is False:
+        copy = _copy(node)
+        apply(copy)
+        return copy
+    return apply(node)
+
+
+def backup_keys(node: Any, /, *, graph: bool | None = None) -> SplitBackups:
+    """Save the key (and counter) of every stream in ``node``, for :func:`restore_rngs`."""
+    return SplitBackups(_backup(stream) for _, stream in _streams(node))
+
+
+def restore_rngs(backups: Iterable[tuple], /) -> None:
+    """Put back the keys (and counters) saved by :func:`split_rngs`, :func:`fork_rngs` or :func:`backup_keys`."""
+    for backup in reversed(list(backups)):  # newest first, so a stream backed up twice ends at its oldest state
+        stream = backup[0]
+        stream.key.value = backup[1]
+        if len(backup) > 2:
+            stream.count.value = backup[2]
+
+
+def reseed(node: Any, /, *, graph: bool | None = None, policy: Any = "scalars_only", **stream_keys: Any) -> None:
+    """Give the streams named in ``stream_keys`` (by tag, i.e. stream name) new seeds; counters restart at 0.
+
+    ``policy='match_shape'`` splits the new key to the shape of a split
+    stream; the default refuses split streams; a callable
+    ``(path, key, shape) -> key`` decides itself.
+
+    >>> import nnxlite as nnx
+    >>> drop = nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=1))
+    >>> nnx.reseed(drop, dropout=7)
+    >>> bool((drop.rngs.key.value == nnx.Rngs(dropout=7).dropout()).all())
+    True
+    """
+    if policy == "scalars_only":
+        def policy(path, key, shape):
+            if shape != key.shape:
+                raise ValueError(
+                    f"reseed: the stream at {path} holds keys of shape {shape} (a split stream); pass "
+                    f"policy='match_shape' to split the new seed to that shape, or a callable policy."
+                )
+            return key
+    elif policy == "match_shape":
+        def policy(path, key, shape):
+            return key if shape == key.shape else jax.random.split(key, shape[: len(shape) - key.ndim])
+    elif not callable(policy):
+        raise ValueError(f"reseed: policy must be 'scalars_only', 'match_shape' or a callable, got {policy!r}.")
+    fresh = Context(**stream_keys)
+    for path, stream in _streams(node):
+        tag = stream.tag
+        if tag in stream_keys:
+            key = policy(path, fresh[tag](), tuple(stream.key.shape))
+            _set(stream, key)
+
+
+def with_rngs(
+    node: Any = _MISSING,
+    /,
+    *,
+    split: Mapping[filterlib.Filter, Any] | int | tuple[int, ...] | None = None,
+    fork: filterlib.Filter | Sequence[filterlib.Filter] | None = None,
+    broadcast: Mapping[filterlib.Filter, Any] | int | tuple[int, ...] | None = None,
+    only: filterlib.Filter = True,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
+    """A copy of ``node`` whose streams are split, broadcast or forked by filter (first rule wins).
+
+    Without ``node`` it is a decorator applying this to the arguments.
+
+    >>> import nnxlite as nnx
+    >>> out = nnx.with_rngs(nnx.Rngs(params=0, dropout=1), split={"params": 4}, fork=...)
+    >>> out.params.key.shape, out.dropout.key.shape
+    ((4, 2), (2,))
+    """
+    as_map = lambda spec: {} if spec is None else (spec if isinstance(spec, Mapping) else {...: spec})  # noqa: E731
+    splits = [(filterlib.to_predicate(f), n) for f, n in as_map(split).items()]
+    broadcasts = [(filterlib.to_predicate(f), n) for f, n in as_map(broadcast).items()]
+    if fork is None:
+        forks = []
+    elif isinstance(fork, (list, tuple)):
+        forks = [filterlib.to_predicate(f) for f in fork]
+    else:
+        forks = [filterlib.to_predicate(fork)]
+
+    def apply(target: Any) -> Any:
+        copy = _copy(target)
+        for path, stream in _streams(copy, only):
+            hit = lambda pred: pred(path + ("key",), stream.key) or pred(path, stream)  # noqa: E731
+            n = next((n for pred, n in splits if hit(pred)), None)
+            if n is not None:
+                _set(stream, jax.random.split(stream(), n))
+                continue
+            n = next((n for pred, n in broadcasts if hit(pred)), None)
+            if n is not None:
+                key = stream()
+                shape = (n,) if isinstance(n, int) else tuple(n)
+                _set(stream, jnp.broadcast_to(key, shape + key.shape))
+                continue
+            if any(hit(pred) for pred in forks):
+                _set(stream, stream())
+        return copy
+
+    if node is _MISSING:
+        def decorator(fn: Callable) -> Callable:
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                args, kwargs = apply((args, kwargs))
+                return fn(*args, **kwargs)
+
+            return wrapper
+
+        return decorator
+    return apply(node)
+
+
+def _copy(node: Any) -> Any:
+    """A copy of ``node`` with its own Variables (shared references inside it kept)."""
+    return graph.clone(node)
