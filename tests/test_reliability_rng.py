@@ -73,3 +73,34 @@ def test_threads_sharing_a_context_never_get_the_same_key():
     assert len(keys) == n_threads * per_thread
     assert len(set(keys)) == len(keys)
     assert int(ctx.dropout.count.value) + int(ctx.default.count.value) == len(keys)
+
+
+def boom(*args):
+    raise RuntimeError("boom")
+
+
+def test_a_failing_vmap_body_leaves_the_callers_counts_alone():
+    ctx = nnx.context(0, dropout=1)
+
+    def body(c, x):
+        c.dropout()
+        return boom()
+
+    with pytest.raises(RuntimeError, match="boom"):
+        nnx.vmap(body, in_axes=(None, 0))(ctx, jnp.ones((3, 2)))
+    assert int(ctx.dropout.count.value) == 0 and int(ctx.default.count.value) == 0
+    nnx.vmap(lambda c, x: x + jax.random.uniform(c.dropout()), in_axes=(None, 0))(ctx, jnp.ones((3, 2)))
+    assert int(ctx.dropout.count.value) == 1  # a successful call still advances it
+
+
+@pytest.mark.parametrize("ctx_axes", [None, {nnx.RngState: None}])
+def test_a_failing_scan_body_leaves_the_callers_counts_alone(ctx_axes):
+    ctx = nnx.context(0)
+
+    def step(h, x, c):
+        c.default()
+        return boom()
+
+    with pytest.raises(RuntimeError, match="boom"):
+        nnx.scan(step, in_axes=(nnx.Carry, 0, ctx_axes))(jnp.zeros(()), jnp.arange(3.0), ctx)
+    assert int(ctx.default.count.value) == 0
