@@ -87,8 +87,8 @@ def write(
     header: dict[str, Any] = {_METADATA: dict(metadata)}
     offset = 0
     for name, code, shape, data in tensors:
-        if name == _METADATA:
-            raise FormatError(f"the tensor name {_METADATA!r} is reserved by the safetensors format")
+        if name == _METADATA or name in header:
+            raise FormatError(f"the tensor name {name!r} is reserved or used twice")
         header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + data.nbytes]}
         offset += data.nbytes
     raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

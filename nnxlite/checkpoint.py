@@ -326,9 +326,9 @@ def save(path: str | os.PathLike, node: Any) -> None:
     """
     state = _as_state(node)
     s = state._structure
-    tensors: list[tuple[str, str, tuple, np.ndarray]] = []
     entries: dict[str, dict] = {}
     owners: dict[str, Path] = {}
+    stored: list[tuple[str, tuple]] = []
     for i, (p, value) in enumerate(zip(s.paths, state._leaves)):
         _path_components(p)
         key = _key(p)
@@ -340,12 +340,16 @@ def save(path: str | os.PathLike, node: Any) -> None:
         entry, data = _encode(p, value, None if s.defs is None else s.defs[i][0])
         entries[key] = entry
         if data is not None:
-            code, shape, raw = data
-            name = _tensor_name(key, owners.keys())
-            if name != key:
-                entry["tensor"] = name
-            entry["checksum"] = _checksums.checksum(raw)
-            tensors.append((name, code, shape, raw))
+            stored.append((key, data))
+    tensors: list[tuple[str, str, tuple, np.ndarray]] = []
+    taken = set(entries)
+    for key, (code, shape, raw) in stored:
+        name = _tensor_name(key, taken)
+        if name != key:
+            entries[key]["tensor"] = name
+            taken.add(name)
+        entries[key]["checksum"] = _checksums.checksum(raw)
+        tensors.append((name, code, shape, raw))
     manifest = json.dumps({"format": _FORMAT, "version": _VERSION, "entries": entries}, ensure_ascii=False)
     metadata = {_META_KEY: manifest, _META_CHECKSUM_KEY: _checksums.checksum(manifest.encode("utf-8"))}
     _atomic_write(os.fspath(path), tensors, metadata)

@@ -85,6 +85,14 @@ def test_a_variable_named_like_the_reserved_metadata_key_round_trips(tmp_path):
     assert checkpoint.load(path).paths() == nnx.state(model).paths()
 
 
+def test_the_escaped_name_never_collides_with_a_real_one(tmp_path):
+    tree = {"__metadata__": np.ones(1, np.float32), "__metadata__~": np.full(1, 2.0, np.float32)}
+    nnx.save(tmp_path / "t.safetensors", tree)
+    out = nnx.restore(tmp_path / "t.safetensors", {k: np.zeros(1, np.float32) for k in tree}).to_pure_dict()
+    assert {k: v.tolist() for k, v in out.items()} == {"__metadata__": [1.0], "__metadata__~": [2.0]}
+    assert sorted(safetensors_numpy.load_file(str(tmp_path / "t.safetensors"))) == ["__metadata__~", "__metadata__~~"]
+
+
 names = st.text(min_size=0, max_size=12)
 
 
