@@ -402,3 +402,14 @@ def test_sigkill_mid_save_always_leaves_the_old_or_the_new_file(tmp_path):
     assert report["kills"] == 20 and report["bad"] == [], report
     assert report["temp_files_after_next_save"] == []
     assert report["temp_files_seen_after_kills"] >= 1  # the kills did land mid-write
+
+
+def test_every_truncation_is_refused(tmp_path):  # held before the fix: keep it
+    path = tmp_path / "m.safetensors"
+    nnx.save(path, Small(0))
+    good = open(path, "rb").read()
+    cut = tmp_path / "cut.safetensors"
+    for n in range(len(good)):
+        cut.write_bytes(good[:n])
+        with pytest.raises(ValueError, match="cut.safetensors"):
+            checkpoint.load(cut)
