@@ -344,3 +344,20 @@ def test_renamed_shape_mismatch_names_the_user_rule():
     text = str(info.value)
     assert "'enc.weight' (renamed '0.weight' by Rule('^enc\\\\.', '0.'))" in text
     assert "found shape (2, 5), expected (3, 4)" in text
+
+
+def test_loaded_arrays_never_share_memory_with_the_torch_tensors():
+    """An in-place torch update (optimizer.step) must not reach into the loaded JAX arrays."""
+    t = nn.Linear(3, 1)  # (1, 3) transposed is still contiguous: the case that could alias
+    model = nnx.Linear(3, 1, ctx=nnx.context(0))
+    tx.load_state_dict(model, t)
+    kernel, bias = np.array(model.kernel.value), np.array(model.bias.value)
+    with torch.no_grad():
+        t.weight.add_(1.0)
+        t.bias.add_(1.0)
+    np.testing.assert_array_equal(model.kernel.value, kernel)
+    np.testing.assert_array_equal(model.bias.value, bias)
+    sd = {"weight": np.zeros((1, 3), np.float32), "bias": np.zeros(1, np.float32)}
+    tx.load_state_dict(model, sd)
+    sd["bias"][0] = 5.0
+    assert float(model.bias.value[0]) == 0.0

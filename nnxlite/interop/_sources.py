@@ -21,7 +21,15 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 class Source:
-    """Names, shapes and arrays of a state dict."""
+    """Names, shapes and arrays of a state dict.
+
+    ``owns_arrays``: whether :meth:`read` returns fresh buffers nobody else
+    holds. Only then may a JAX array share their memory; a caller's torch
+    tensor or numpy array must be copied, or an in-place update on the torch
+    side would change the "immutable" JAX array.
+    """
+
+    owns_arrays = False
 
     def names(self) -> list[str]:
         raise NotImplementedError
@@ -52,6 +60,8 @@ class MappingSource(Source):
 
 class SafetensorsSource(Source):
     """One or more ``.safetensors`` files opened with the numpy API (no torch needed)."""
+
+    owns_arrays = True
 
     def __init__(self, files: list[Path], stack: ExitStack):
         from safetensors import safe_open

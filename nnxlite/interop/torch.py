@@ -32,7 +32,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from nnxlite import graph
@@ -164,7 +163,7 @@ def load_state_dict(
             slot = slots[target]
             array = _transformed(source.read(name), [r.transform for r in applied if r.transform is not None])
             for path, part in zip(slot.paths, slot.load(array)):
-                values[path] = _placed_like(part, variables[path].raw_value)
+                values[path] = _placed_like(part, variables[path].raw_value, may_alias=source.owns_arrays)
             del array  # one checkpoint tensor alive at a time
     graph.update(model, State.from_flat(values))
     return LoadResult([s.name for s in missing], [u[0] for u in unexpected], ignored)
@@ -283,11 +282,16 @@ def _transformed(array: Any, transforms: list) -> Any:
     return array
 
 
-def _placed_like(part: np.ndarray, old: Any) -> Any:
-    """``part`` as a JAX array with ``old``'s dtype, on ``old``'s devices."""
-    part = np.asarray(part, dtype=old.dtype)
+def _placed_like(part: np.ndarray, old: Any, *, may_alias: bool) -> Any:
+    """``part`` as a JAX array with ``old``'s dtype, on ``old``'s devices.
+
+    Unless ``may_alias``, the data is copied first: on CPU ``device_put`` can
+    keep pointing at a numpy buffer, and a buffer shared with a torch tensor
+    would change under the JAX array when torch updates it in place.
+    """
+    part = np.asarray(part, dtype=old.dtype) if may_alias else np.array(part, dtype=old.dtype, order="C")
     sharding = getattr(old, "sharding", None) if isinstance(old, jax.Array) else None
-    return jax.device_put(part, sharding) if sharding is not None else jnp.asarray(part)
+    return jax.device_put(part, sharding)
 
 
 def _renamed_by(name: str, target: str, applied: list[Rule]) -> str:
