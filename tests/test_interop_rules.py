@@ -108,3 +108,40 @@ assert np.array_equal(other.layers[0].kernel.value, model.layers[0].kernel.value
 assert 'torch' not in sys.modules, 'reading safetensors imported torch'
 """
     _run(code)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int64", "int8", "bool"])
+def test_safetensors_reader_matches_the_safetensors_package(tmp_path, dtype):
+    """nnxlite reads .safetensors itself (plain reads, no mmap); compare with the reference reader."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    import ml_dtypes
+
+    from nnxlite.interop._sources import open_source
+
+    np_dtype = np.dtype(getattr(ml_dtypes, dtype) if dtype == "bfloat16" else dtype)
+    arrays = {
+        "a.weight": (np.arange(24).reshape(2, 3, 4) % 5).astype(np_dtype),
+        "scalar": np.array(3).astype(np_dtype),
+        "empty": np.zeros((0, 3), np_dtype),
+    }
+    safetensors_numpy.save_file(arrays, str(tmp_path / "x.safetensors"))
+    reference = safetensors_numpy.load_file(str(tmp_path / "x.safetensors"))
+    with open_source(tmp_path / "x.safetensors") as source:
+        assert sorted(source.names()) == sorted(arrays)
+        for name in arrays:
+            got = source.read(name)
+            assert got.dtype == reference[name].dtype and source.shape(name) == reference[name].shape
+            np.testing.assert_array_equal(got.astype(np.float32), reference[name].astype(np.float32))
+
+
+def test_damaged_safetensors_files_are_named(tmp_path):
+    pytest.importorskip("safetensors")
+    model = nnx.Linear(2, 2, ctx=nnx.context(0))
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 4)
+    with pytest.raises(ValueError, match="junk.safetensors is not a .safetensors file"):
+        tx.load_state_dict(model, tmp_path / "junk.safetensors")
+    tx.save_file(model, tmp_path / "ok.safetensors")
+    data = (tmp_path / "ok.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-4])
+    with pytest.raises(ValueError, match="truncated"):
+        tx.load_state_dict(model, tmp_path / "cut.safetensors")

@@ -1,9 +1,10 @@
-"""Where state-dict arrays come from: a mapping of arrays, or ``.safetensors`` files read lazily.
+"""Where state-dict arrays come from: a mapping of arrays, or ``.safetensors`` files read tensor by tensor.
 
 A source answers three questions without loading every array first --
 which names, what shape, and the array for one name (as numpy) -- so a
 checkpoint is checked before anything is read and then read one tensor at
-a time. PyTorch is imported only to convert torch tensors.
+a time. PyTorch is imported only to convert torch tensors, and reading
+``.safetensors`` needs no package at all.
 """
 
 from __future__ import annotations
@@ -59,27 +60,76 @@ class MappingSource(Source):
 
 
 class SafetensorsSource(Source):
-    """One or more ``.safetensors`` files opened with the numpy API (no torch needed)."""
+    """``.safetensors`` files read with plain file reads, one tensor at a time (no torch, no mmap).
+
+    The format is an 8-byte header length, a JSON header (name -> dtype,
+    shape, byte offsets) and the raw little-endian data. Each tensor is read
+    straight into the numpy buffer it ends up in, so loading holds the new
+    weights plus at most one tensor in flight; a memory map would also
+    leave every touched page of the file resident in the process.
+    """
 
     owns_arrays = True
 
     def __init__(self, files: list[Path], stack: ExitStack):
-        from safetensors import safe_open
-
-        self.where: dict[str, Any] = {}
+        self.where: dict[str, tuple[Any, dict, int]] = {}
         for f in files:
-            handle = stack.enter_context(safe_open(str(f), framework="numpy"))
-            for key in handle.keys():
-                self.where[key] = handle
+            handle = stack.enter_context(open(f, "rb"))
+            header, data_start = _read_header(handle, f)
+            for name, info in header.items():
+                if name != "__metadata__":
+                    self.where[name] = (handle, info, data_start)
 
     def names(self) -> list[str]:
         return list(self.where)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.where[name].get_slice(name).get_shape())
+        return tuple(self.where[name][1]["shape"])
 
     def read(self, name: str) -> np.ndarray:
-        return self.where[name].get_tensor(name)
+        handle, info, data_start = self.where[name]
+        dtype = _dtype(info["dtype"], name)
+        start, end = info["data_offsets"]
+        out = np.empty(tuple(info["shape"]), dtype)
+        if out.nbytes != end - start:
+            raise ValueError(f"load_state_dict: {name!r} in {handle.name} has {end - start} bytes for "
+                             f"shape {tuple(info['shape'])} of {info['dtype']}; the file is damaged.")
+        if not out.nbytes:
+            return out
+        handle.seek(data_start + start)
+        if handle.readinto(memoryview(out.reshape(-1).view(np.uint8))) != out.nbytes:
+            raise ValueError(f"load_state_dict: {handle.name} ends inside {name!r}; the file is truncated.")
+        return out
+
+
+# safetensors dtype names -> numpy dtypes (all little-endian); the 8-bit floats and bfloat16 come from ml_dtypes.
+_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+}
+_ML_DTYPES = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+def _dtype(code: str, name: str) -> np.dtype:
+    if code in _DTYPES:
+        return np.dtype(_DTYPES[code])
+    if code in _ML_DTYPES:
+        import ml_dtypes  # installed with jax
+
+        return np.dtype(getattr(ml_dtypes, _ML_DTYPES[code]))
+    raise ValueError(f"load_state_dict: {name!r} has dtype {code}, which nnxlite cannot read.")
+
+
+def _read_header(handle: Any, path: Path) -> tuple[dict, int]:
+    raw = handle.read(8)
+    size = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+    if not 0 < size < 2**28:
+        raise ValueError(f"load_state_dict: {path} is not a .safetensors file (no header).")
+    try:
+        header = json.loads(handle.read(size))
+    except ValueError as err:
+        raise ValueError(f"load_state_dict: {path} has a damaged .safetensors header ({err}).") from None
+    return header, 8 + size
 
 
 @contextmanager
