@@ -163,8 +163,12 @@ for cell in cells:
         status, err = "timeout", f"timed out after {timeout}s"
     except BaseException as e:
         status = "error"
-        lines = traceback.format_exception_only(type(e), e)
-        err = lines[-1].strip().splitlines()[0] if lines else type(e).__name__
+        text = "".join(traceback.format_exception_only(type(e), e)).splitlines()
+        # Skip JAX's "For simplicity, JAX has removed its internal frames..." preamble.
+        useful = [l.strip() for l in text if l.strip() and not l.startswith("For simplicity") and not l.startswith("---")]
+        err = useful[0] if useful else type(e).__name__
+        if not err.startswith(type(e).__name__):
+            err = f"{type(e).__name__}: {err}"
         if isinstance(e, (SystemExit, KeyboardInterrupt)):
             err = type(e).__name__
     finally:

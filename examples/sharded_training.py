@@ -115,8 +115,8 @@ def same_layout(actual: jax.sharding.Sharding, expected: NamedSharding) -> bool:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="few steps, small sizes (used by the tests)")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 300, or 30 with --smoke)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for data and initialization (default: 0)")
     args = parser.parse_args(argv)
     steps = args.steps or (30 if args.smoke else 300)
     width, hidden, batch = (8, 32, 64) if args.smoke else (32, 256, 256)

@@ -44,7 +44,7 @@ from nnxlite.nn import *  # noqa: F401,F403  (layers at the top level: nnx.Linea
 from nnxlite.nn import initializers
 from nnxlite import training
 from nnxlite.training import metrics
-from nnxlite.training.metrics import Accuracy, Average, MultiMetric
+from nnxlite.training.metrics import Accuracy, Average, Metric, MultiMetric
 from nnxlite.training.optimizer import Optimizer
 from nnxlite import checkpoint
 from nnxlite.checkpoint import restore, save

@@ -169,7 +169,39 @@ class Dict(dict):
 
 
 class Module:
-    """Base class for layers and models. See the module docstring for an example."""
+    """Base class for layers and models: a plain Python object whose attributes hold state.
+
+    Subclass it, create Variables and sub-modules in ``__init__`` (right away:
+    there is no lazy shape inference) and compute in ``__call__``. Attributes
+    can be edited freely afterwards; ``nnx.split`` / ``nnx.merge`` /
+    ``nnx.update`` move the state in and out of JAX's pure world, and the
+    lifted transforms (``nnx.jit``, ``nnx.grad``, ...) do it for you::
+
+        >>> import jax, jax.numpy as jnp, optax
+        >>> import nnxlite as nnx
+        >>> class MLP(nnx.Module):
+        ...     def __init__(self, din, dout, *, rngs):     # ctx= is the same parameter
+        ...         self.hidden = nnx.Linear(din, 16, rngs=rngs)
+        ...         self.out = nnx.Linear(16, dout, rngs=rngs)
+        ...     def __call__(self, x):
+        ...         return self.out(jax.nn.relu(self.hidden(x)))
+        >>> model = MLP(2, 1, rngs=nnx.Rngs(0))
+        >>> optimizer = nnx.Optimizer(model, optax.sgd(0.02))
+        >>> @nnx.jit
+        ... def step(model, optimizer, x, y):
+        ...     loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        ...     optimizer.update(grads)
+        ...     return loss
+        >>> x, y = jnp.ones((4, 2)), jnp.full((4, 1), 3.0)
+        >>> losses = [float(step(model, optimizer, x, y)) for _ in range(5)]
+        >>> losses[-1] < losses[0]
+        True
+
+    Useful methods: ``train()`` / ``eval()`` (switch dropout and batch
+    statistics), ``sow`` (record intermediates), ``iter_modules``,
+    ``set_attributes``, and the seed-003 spellings ``partition``, ``filter``,
+    ``get_state``, ``update_state``.
+    """
 
     def __setattr__(self, name: str, value: Any) -> None:
         current = self.__dict__.get(name, _MISSING)
@@ -238,6 +270,12 @@ class Module:
         for path, obj in graph.iter_graph(self):
             if isinstance(obj, Module):
                 yield path, obj
+
+    def iter_children(self) -> Iterator[tuple[str, "Module"]]:
+        """Yield ``(attribute name, sub-module)`` for the direct sub-modules (flax.nnx's name)."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
 
     def set_attributes(self, *, raise_if_not_found: bool = True, **attributes: Any) -> None:
         """Set attributes on every sub-module that already has them.

@@ -240,3 +240,51 @@ def _unflatten(flat: Mapping) -> dict:
 
 def _map_nested(d: Mapping, fn: Callable) -> dict:
     return {k: _map_nested(v, fn) if isinstance(v, Mapping) else fn(v) for k, v in d.items()}
+
+
+def capture(fn: Any, *var_types: type, init: Any = None, method_outputs: Any = None) -> Callable:
+    """Wrap ``fn`` to return ``(result, *states)``: the values sown (``module.sow``) during the call.
+
+    ``fn`` is a Module (its ``__call__``), a bound method, or a function whose
+    first argument is the module; given a Variable type instead, ``capture``
+    is a decorator factory. The sown Variables are removed from the module
+    afterwards (``nnx.pop``), so every call starts clean.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> class Foo(nnx.Module):
+    ...     def __call__(self, x):
+    ...         self.sow(nnx.Intermediate, "features", x * 2)
+    ...         return x
+    >>> y, inter = nnx.capture(Foo(), nnx.Intermediate)(jnp.ones(2))
+    >>> inter["features"][0].tolist()
+    [2.0, 2.0]
+    """
+    if isinstance(fn, type) and issubclass(fn, Variable):
+        types = (fn, *var_types)
+        return lambda f: capture(f, *types, init=init, method_outputs=method_outputs)
+    if init is not None or method_outputs is not None:
+        raise NotImplementedError(
+            "nnx.capture: init= (perturbations) and method_outputs= are not supported by nnxlite yet; "
+            "sow the values you need with module.sow(nnx.Intermediate, name, value). "
+            "See docs/guides/from_flax_nnx.md."
+        )
+    if isinstance(fn, Module):
+        module, call = fn, fn
+    elif isinstance(getattr(fn, "__self__", None), Module):
+        module, call = fn.__self__, fn
+    else:
+        module, call = None, fn
+
+    @functools.wraps(call)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        target = module if module is not None else args[0]
+        result = call(*args, **kwargs)
+        states = _graph.pop(target, *var_types) if var_types else ()
+        if len(var_types) == 1:
+            states = (states,)
+        return (result, *states)
+
+    return wrapper
+
+
+__all__.append("capture")

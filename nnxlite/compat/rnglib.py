@@ -4,4 +4,4 @@ from nnxlite.rng import Context, Rngs, RngStream  # noqa: F401
 from nnxlite.rng_ops import (  # noqa: F401
     SplitBackups, backup_keys, fork_rngs, reseed, restore_rngs, split_rngs, with_rngs,
 )
-from nnxlite.variables import RngCount, RngKey, RngState  # noqa: F401
+from nnxlite.variables import RngCount, RngKey, RngState, Variable  # noqa: F401

@@ -266,7 +266,9 @@ def _check_shapes_still_fit(param_paths, param_vars, opt_paths, opt_vars) -> Non
             expected = shapes.get(path[k:])
             if expected is not None:
                 found = np.shape(var.raw_value)
-                if found != expected:
+                # Compare the trailing axes only: some transformations keep a stack of
+                # parameter-shaped buffers (optax.lbfgs: (memory, *shape)).
+                if found[len(found) - len(expected):] != expected or len(found) < len(expected):
                     stale.append(f"opt_state/{_fmt_path(path)}: shape {found}, parameter now {expected}")
                 break
     if stale:
