@@ -98,7 +98,11 @@ class LlamaConfig(HFConfig):
     def to_dict(self) -> dict:
         out = super().to_dict()
         out["architectures"] = [_ARCHITECTURES[self.model_type]]
-        if self.model_type == "qwen2" and out.get("sliding_window") is None:
+        # Concrete values: some transformers classes read these without a fallback for None.
+        out["head_dim"], out["num_key_value_heads"] = self.dim_per_head, self.kv_heads
+        if isinstance(out.get("rope_parameters"), dict):  # transformers >= 5 reads the theta from here
+            out["rope_parameters"] = {**out["rope_parameters"], "rope_theta": self.rope_theta}
+        if self.model_type == "llama":
             out.pop("sliding_window")
         return out
 
