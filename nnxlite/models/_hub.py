@@ -4,7 +4,7 @@ Only ``json`` and ``numpy`` are needed to read them (no torch, no
 safetensors package): the safetensors format is an 8-byte header length, a
 JSON header of ``name -> dtype, shape, byte offsets``, and the raw bytes.
 :class:`SafetensorsReader` reads one tensor at a time straight into its own
-numpy buffer (no memory map, no second copy), so loading a model costs about
+page-aligned buffer (no memory map of the file, no second copy), so loading a model costs about
 one checkpoint's worth of host memory. Writing uses the same format with
 ``{"format": "pt"}`` metadata, which ``transformers`` requires.
 """
@@ -12,6 +12,7 @@ one checkpoint's worth of host memory. Writing uses the same format with
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from collections.abc import Iterator, Mapping
@@ -49,6 +50,19 @@ def _code(dtype: Any) -> str:
     raise ValueError(f"cannot write dtype {dtype} to safetensors.")
 
 
+def host_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialized array in its own anonymous memory map.
+
+    Page-aligned, so ``jax.device_put`` on CPU adopts it without a copy, and
+    returned to the OS as soon as the last reference goes (the malloc heap
+    would keep freed checkpoint-sized blocks resident).
+    """
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    buf = mmap.mmap(-1, max(count * dtype.itemsize, 1))
+    return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
+
+
 class SafetensorsReader(Mapping):
     """A read-only ``{name: numpy array}`` view of ``.safetensors`` file(s); tensors are read on access.
 
@@ -81,7 +95,7 @@ class SafetensorsReader(Mapping):
 
     def __getitem__(self, name: str) -> np.ndarray:
         path, offset, size, code, shape = self._entries[name]
-        out = np.empty(shape, _dtype(code))
+        out = host_empty(shape, _dtype(code))
         with open(path, "rb") as f:
             f.seek(offset)
             if size and f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != size:

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
 from nnxlite.graph import iter_graph
+from nnxlite.models._hub import host_empty
 from nnxlite.nn.conv import Conv
 from nnxlite.nn.embed import Embed
 from nnxlite.nn.linear import Linear
@@ -92,13 +93,12 @@ def load_torch_layout(model: Any, tensors: Mapping[str, Any], spec: HubSpec) -> 
         given[target] = name
     unmatched = sorted(set(given) - set(entries))
     missing = sorted(set(entries) - set(given))
-    values, bad_shapes = {}, []
+    bad_shapes = []
     for target in sorted(set(given) & set(entries)):
         var, to_nnx, _ = entries[target]
-        array = to_nnx(np.asarray(tensors[given[target]]))
-        if tuple(array.shape) != tuple(var.shape):
-            bad_shapes.append(f"{target}: checkpoint {tuple(array.shape)} vs model {tuple(var.shape)}")
-        values[target] = array
+        shape = _converted_shape(tensors, given[target], to_nnx)
+        if shape != tuple(var.shape):
+            bad_shapes.append(f"{target}: checkpoint {shape} vs model {tuple(var.shape)}")
     if unmatched or missing or bad_shapes:
         lines = [f"{type(model).__name__}: the checkpoint does not fit the model."]
         if unmatched:
@@ -109,9 +109,30 @@ def load_torch_layout(model: Any, tensors: Mapping[str, Any], spec: HubSpec) -> 
             lines.append("  shape mismatches (after layout conversion): " + "; ".join(bad_shapes))
         lines.append("  Check that config.json matches the weights; nothing was loaded.")
         raise ValueError("\n".join(lines))
+    # Everything fits: read, convert and place one tensor at a time (one host copy alive at a time),
+    # then assign all at once so a failure while reading leaves the model unchanged.
+    values = {}
+    for target in sorted(given):
+        var, to_nnx, _ = entries[target]
+        values[target] = _placed(to_nnx(np.asarray(tensors[given[target]])), var.dtype)
     for target, array in values.items():
-        var = entries[target][0]
-        var.value = jnp.asarray(array, dtype=var.dtype)
+        entries[target][0].value = array
+
+
+def _placed(array: np.ndarray, dtype: Any) -> jax.Array:
+    """A jax array of ``array`` in ``dtype``; on CPU a contiguous buffer is adopted without a copy."""
+    if not array.flags.c_contiguous:  # a transposed view: lay it out once, in a buffer jax can adopt
+        dense = host_empty(array.shape, array.dtype)
+        np.copyto(dense, array)
+        array = dense
+    placed = jax.device_put(array)
+    return placed if placed.dtype == dtype else placed.astype(dtype)
+
+
+def _converted_shape(tensors: Mapping[str, Any], name: str, to_nnx) -> tuple[int, ...]:
+    """The shape ``name`` has after conversion, read from the header when the source has one."""
+    shape = tensors.shape(name) if hasattr(tensors, "shape") else tuple(np.shape(tensors[name]))
+    return tuple(to_nnx(np.broadcast_to(np.uint8(0), shape)).shape)  # a view: no memory
 
 
 def export_torch_layout(model: Any, spec: HubSpec) -> dict[str, np.ndarray]:
