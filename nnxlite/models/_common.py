@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from nnxlite.rng import Context, context
@@ -111,7 +112,7 @@ def empty_cache(num_layers: int, batch: int, length: int, num_kv_heads: int, hea
 
 def as_ids(input_ids: Any) -> jax.Array:
     """Token ids as an int32 ``(batch, seq)`` array (accepts numpy, lists, torch tensors via numpy)."""
-    ids = jnp.asarray(getattr(input_ids, "numpy", lambda: input_ids)() if hasattr(input_ids, "detach") else input_ids)
+    ids = input_ids if isinstance(input_ids, jax.Array) else jnp.asarray(np.asarray(input_ids))
     if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
         raise ValueError(
             f"input_ids must be integer token ids of shape (batch, seq), got {ids.dtype} array of shape "
