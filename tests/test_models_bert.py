@@ -12,7 +12,8 @@ import jax.numpy as jnp  # noqa: E402
 
 import nnxlite as nnx  # noqa: E402
 from nnxlite import models  # noqa: E402
-from nnxlite.models._hub import SafetensorsReader, write_safetensors  # noqa: E402
+from nnxlite.interop._sources import open_source  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
 
 from _model_parity import flat_grad, quiet_transformers, rel  # noqa: E402
 
@@ -83,12 +84,13 @@ def test_save_pretrained_loads_in_transformers(reference, tmp_path):
 def test_old_checkpoint_spellings_load(reference, tmp_path):
     """TF-era LayerNorm names (gamma/beta), the position_ids buffer and an untied decoder copy are accepted."""
     hf, folder, model = reference
-    tensors = dict(SafetensorsReader(folder / "model.safetensors"))
+    with open_source(folder) as source:
+        tensors = {name: source.read(name) for name in source.names()}
     renamed = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
                for k, v in tensors.items()}
     renamed["bert.embeddings.position_ids"] = np.arange(32)[None]
     renamed["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"]
-    write_safetensors(tmp_path / "model.safetensors", renamed)
+    save_file(renamed, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     (tmp_path / "config.json").write_text((folder / "config.json").read_text())
     old = models.BERT.from_pretrained(tmp_path)
     ids, mask, types = _inputs()

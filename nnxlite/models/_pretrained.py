@@ -1,13 +1,21 @@
-"""``from_pretrained`` / ``save_pretrained``, written once for every family."""
+"""``from_pretrained`` / ``save_pretrained``, written once for every family, on ``nnxlite.interop.torch``.
+
+A family's attribute names follow its torch reference, so the standard
+layout rules of :func:`nnxlite.interop.torch.load_state_dict` do the
+conversion; ``hub_rules(config)`` lists only what differs (dropped buffers,
+tied copies, old spellings, GPT-2's transposed ``Conv1D``).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
-from nnxlite.models._hub import HFConfig, open_checkpoint, read_config, write_folder
-from nnxlite.models._weights import HubSpec, export_torch_layout, load_torch_layout
+from nnxlite.interop import torch as tx
+from nnxlite.models._hub import HFConfig, read_config
 from nnxlite.transforms import eval_shape
 
 
@@ -20,7 +28,11 @@ class Pretrained:
     """
 
     config_class: ClassVar[type[HFConfig]]
-    hub_spec: ClassVar[HubSpec] = HubSpec()
+
+    @classmethod
+    def hub_rules(cls, config: HFConfig) -> list[tx.Rule]:
+        """The :class:`~nnxlite.interop.torch.Rule` list from checkpoint names to this model's torch names."""
+        return []
 
     @classmethod
     def from_config(cls, config: HFConfig | Mapping[str, Any]):
@@ -32,19 +44,22 @@ class Pretrained:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike):
         """Load a Hugging Face folder (``config.json`` + ``model.safetensors``); needs neither torch nor network."""
-        config = cls.config_class.from_dict(read_config(path))
-        return cls._load(config, open_checkpoint(path))
+        return cls._load(cls.config_class.from_dict(read_config(path)), path)
 
     @classmethod
-    def _load(cls, config: HFConfig, tensors: Mapping[str, Any]):
+    def _load(cls, config: HFConfig, weights: Any):
+        """``weights``: a safetensors file or folder, or a mapping of torch names to arrays."""
         model = eval_shape(lambda: cls(config))
-        load_torch_layout(model, tensors, cls.hub_spec)
+        tx.load_state_dict(model, weights, rules=cls.hub_rules(config))
         return model
 
     def state_dict(self) -> dict:
-        """The weights as ``{torch name: numpy array}`` in the torch layout of the reference implementation."""
-        return export_torch_layout(self, self.hub_spec)
+        """The weights as ``{torch name: numpy array}``, named and laid out as the torch reference's."""
+        return tx.state_dict(self, rules=self.hub_rules(self.config), framework="numpy")
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``path``; ``transformers`` loads the folder."""
-        write_folder(path, self.config.to_dict(), self.state_dict())
+        """Write ``config.json`` and ``model.safetensors`` into ``path``; the torch reference loads the folder."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        tx.save_file(self, path / "model.safetensors", rules=self.hub_rules(self.config))

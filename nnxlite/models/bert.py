@@ -18,7 +18,7 @@ from nnxlite.functional import param_from_init
 from nnxlite.models._common import activation, as_ids, attend, make_ctx, merge_heads, padding_mask, split_heads
 from nnxlite.models._hub import HFConfig
 from nnxlite.models._pretrained import Pretrained
-from nnxlite.models._weights import HubSpec
+from nnxlite.interop.torch import Rule
 from nnxlite.module import Module
 from nnxlite.nn import initializers
 from nnxlite.nn.embed import Embed
@@ -185,23 +185,29 @@ class BERT(Module, Pretrained):
     """
 
     config_class = BertConfig
-    hub_spec = HubSpec(
-        # Buffers, the tied copies of the output matrix and bias, and heads BertForMaskedLM does not have.
-        skip=(r"\.position_ids$", r"^cls\.predictions\.decoder\.bias$", r"^bert\.pooler\.", r"^cls\.seq_relationship\."),
-        rename=((r"\.gamma$", ".weight"), (r"\.beta$", ".bias")),  # TF-era LayerNorm names
-    )
+
+    @classmethod
+    def hub_rules(cls, config: BertConfig) -> list[Rule]:
+        never = (r"(?!)", "")  # load-only renames: exporting writes today's names
+        rules = [
+            # A buffer, the tied copy of the bias, and heads BertForMaskedLM does not have (pretraining checkpoints).
+            Rule(r"\.position_ids$", None),
+            Rule(r"^cls\.predictions\.decoder\.bias$", None),
+            Rule(r"^bert\.pooler\.", None),
+            Rule(r"^cls\.seq_relationship\.", None),
+            # TF-era LayerNorm names.
+            Rule(r"LayerNorm\.gamma$", "LayerNorm.weight", inverse=never),
+            Rule(r"LayerNorm\.beta$", "LayerNorm.bias", inverse=never),
+        ]
+        if config.tie_word_embeddings:
+            rules.append(Rule(r"^cls\.predictions\.decoder\.weight$", None))  # older files store the tied copy
+        return rules
 
     def __init__(self, config: BertConfig, *, ctx: Context | None = None, rngs: Context | None = None):
         ctx = make_ctx(ctx, rngs)
         self.config = config
         self.bert = BertModel(config, ctx=ctx)
         self.cls = BertOnlyMLMHead(config, ctx=ctx)
-
-    @classmethod
-    def _load(cls, config, tensors):
-        if config.tie_word_embeddings and "cls.predictions.decoder.weight" in tensors:
-            tensors = {k: tensors[k] for k in tensors if k != "cls.predictions.decoder.weight"}
-        return super()._load(config, tensors)
 
     def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None) -> jax.Array:
         """Masked-LM logits ``(batch, seq, vocab)``; ``attention_mask`` (1 = token, 0 = padding)."""

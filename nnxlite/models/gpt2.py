@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nnxlite.models._common import (
     activation, as_ids, attend, causal_mask, empty_cache, make_ctx, merge_heads, split_heads, update_cache,
@@ -21,7 +22,7 @@ from nnxlite.models._common import (
 from nnxlite.models._generate import Decoder
 from nnxlite.models._hub import HFConfig
 from nnxlite.models._pretrained import Pretrained
-from nnxlite.models._weights import HubSpec
+from nnxlite.interop.torch import Rule
 from nnxlite.module import Module
 from nnxlite.nn.embed import Embed
 from nnxlite.nn.linear import Linear
@@ -133,10 +134,15 @@ class GPT2(Module, Pretrained, Decoder):
     """
 
     config_class = GPT2Config
-    hub_spec = HubSpec(
-        skip=(r"\.attn\.(masked_)?bias$", r"^lm_head\.weight$"),  # causal-mask buffers; the tied output matrix
-        keep_layout=(r"\.(c_attn|c_proj|c_fc)\.weight$",),  # Conv1D: already (in, out)
-    )
+
+    @classmethod
+    def hub_rules(cls, config: GPT2Config) -> list[Rule]:
+        return [
+            Rule(r"\.attn\.(masked_)?bias$", None),  # causal-mask buffers of older transformers
+            Rule(r"^lm_head\.weight$", None),  # the tied copy of wte
+            # Conv1D stores (in, out): transpose to torch.nn.Linear's (out, in), which the Linear rule undoes.
+            Rule(r"^(.*)\.(c_attn|c_proj|c_fc)\.weight$", r"\1.\2.weight", np.transpose),
+        ]
 
     def __init__(self, config: GPT2Config, *, ctx: Context | None = None, rngs: Context | None = None):
         if not config.tie_word_embeddings:

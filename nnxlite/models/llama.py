@@ -29,7 +29,7 @@ from nnxlite.models._common import (
 from nnxlite.models._generate import Decoder
 from nnxlite.models._hub import HFConfig
 from nnxlite.models._pretrained import Pretrained
-from nnxlite.models._weights import HubSpec
+from nnxlite.interop.torch import Rule
 from nnxlite.module import Module
 from nnxlite.nn.embed import Embed
 from nnxlite.nn.linear import Linear
@@ -195,7 +195,13 @@ class Llama(Module, Pretrained, Decoder):
     """
 
     config_class = LlamaConfig
-    hub_spec = HubSpec(skip=(r"\.rotary_emb\.inv_freq$",))
+
+    @classmethod
+    def hub_rules(cls, config: LlamaConfig) -> list[Rule]:
+        rules = [Rule(r"\.rotary_emb\.inv_freq$", None)]  # a buffer older checkpoints carry
+        if config.tie_word_embeddings:
+            rules.append(Rule(r"^lm_head\.weight$", None))  # some tied checkpoints still store the copy
+        return rules
 
     def __init__(self, config: LlamaConfig, *, ctx: Context | None = None, rngs: Context | None = None):
         ctx = make_ctx(ctx, rngs)
@@ -203,12 +209,6 @@ class Llama(Module, Pretrained, Decoder):
         self.model = LlamaModel(config, ctx=ctx)
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, use_bias=False, ctx=ctx)
-
-    @classmethod
-    def _load(cls, config, tensors):
-        if config.tie_word_embeddings:  # some tied checkpoints still carry the copy
-            tensors = {k: tensors[k] for k in tensors if k != "lm_head.weight"} if "lm_head.weight" in tensors else tensors
-        return super()._load(config, tensors)
 
     def _logits(self, h: jax.Array) -> jax.Array:
         if self.config.tie_word_embeddings:

@@ -14,19 +14,16 @@ training mode, as in torch.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from nnxlite.interop._sources import open_source
 from nnxlite.models._common import make_ctx
-from nnxlite.models._hub import HFConfig, open_checkpoint, read_config, write_folder
+from nnxlite.models._hub import HFConfig
 from nnxlite.models._pretrained import Pretrained
-from nnxlite.models._weights import HubSpec
 from nnxlite.models.vit import channels_last
 from nnxlite.module import Module
 from nnxlite.nn.conv import Conv
@@ -67,9 +64,17 @@ class ResNetConfig(HFConfig):
         return cls(block=block, layers=layers, num_classes=num_classes)
 
     @classmethod
-    def infer(cls, tensors: Mapping[str, Any]) -> "ResNetConfig":
-        """The configuration a torchvision ``state_dict`` was saved from (block type, depths, classes)."""
-        names = list(tensors)
+    def infer(cls, weights: Any) -> "ResNetConfig":
+        """The configuration a torchvision ``state_dict`` was saved from (block type, depths, classes).
+
+        ``weights``: a safetensors file or folder, or a mapping of names to arrays; only names and shapes are read.
+        """
+        with open_source(weights) as source:
+            names, shape_of = source.names(), source.shape
+            return cls._from_names(names, shape_of)
+
+    @classmethod
+    def _from_names(cls, names: list[str], shape_of) -> "ResNetConfig":
         if "fc.weight" not in names or "conv1.weight" not in names:
             raise ValueError(
                 "ResNetConfig.infer: not a torchvision ResNet state dict (no conv1.weight / fc.weight); "
@@ -80,9 +85,8 @@ class ResNetConfig(HFConfig):
             blocks = {int(n.split(".")[1]) for n in names if n.startswith(f"layer{stage}.")}
             layers.append(max(blocks) + 1 if blocks else 0)
         block = "bottleneck" if any(n.endswith(".conv3.weight") for n in names) else "basic"
-        shape = tensors.shape("fc.weight") if hasattr(tensors, "shape") else tuple(tensors["fc.weight"].shape)
-        channels = tensors.shape("conv1.weight") if hasattr(tensors, "shape") else tuple(tensors["conv1.weight"].shape)
-        return cls(block=block, layers=tuple(layers), num_classes=int(shape[0]), num_channels=int(channels[1]))
+        classes, channels = shape_of("fc.weight")[0], shape_of("conv1.weight")[1]
+        return cls(block=block, layers=tuple(layers), num_classes=int(classes), num_channels=int(channels))
 
 
 def _bn(features: int) -> BatchNorm:
@@ -162,7 +166,6 @@ class ResNet(Module, Pretrained):
     """
 
     config_class = ResNetConfig
-    hub_spec = HubSpec(skip=(r"\.num_batches_tracked$",))
 
     def __init__(self, config: ResNetConfig, *, ctx: Context | None = None, rngs: Context | None = None):
         ctx = make_ctx(ctx, rngs)
@@ -180,19 +183,14 @@ class ResNet(Module, Pretrained):
         self.fc = Linear(din, config.num_classes, ctx=ctx)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, config: ResNetConfig | None = None):
-        """Load a torchvision ``state_dict`` (safetensors file or folder); the config is inferred unless given."""
-        tensors = open_checkpoint(path)
-        if config is None:
-            config = ResNetConfig.infer(tensors)
-        return cls._load(config, tensors).eval()
+    def from_pretrained(cls, path: Any, config: ResNetConfig | None = None):
+        """Load a torchvision ``state_dict``: a safetensors file or folder, or a mapping of names to arrays.
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write ``model.safetensors`` (a torchvision ``state_dict``) and ``config.json`` into ``path``."""
-        tensors = self.state_dict()
-        for name in [n for n in tensors if n.endswith(".running_mean")]:
-            tensors[name[: -len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
-        write_folder(path, self.config.to_dict(), tensors)
+        The config is inferred from the names and shapes unless given; the model comes back in eval mode.
+        """
+        if config is None:
+            config = ResNetConfig.infer(path)
+        return cls._load(config, path).eval()
 
     def __call__(self, images: Any) -> jax.Array:
         """Logits ``(batch, num_classes)`` for NCHW (or NHWC) images."""

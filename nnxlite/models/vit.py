@@ -19,7 +19,7 @@ from nnxlite.functional import param_from_init
 from nnxlite.models._common import activation, attend, make_ctx, merge_heads, split_heads
 from nnxlite.models._hub import HFConfig
 from nnxlite.models._pretrained import Pretrained
-from nnxlite.models._weights import HubSpec
+from nnxlite.interop.torch import Rule
 from nnxlite.module import Module
 from nnxlite.nn import initializers
 from nnxlite.nn.conv import Conv
@@ -197,7 +197,11 @@ class ViT(Module, Pretrained):
     """
 
     config_class = ViTConfig
-    hub_spec = HubSpec(skip=(r"^vit\.pooler\.", r"\.mask_token$"))
+
+    @classmethod
+    def hub_rules(cls, config: ViTConfig) -> list[Rule]:
+        # Parts of ViTModel that ViTForImageClassification does not use.
+        return [Rule(r"^vit\.pooler\.", None), Rule(r"\.mask_token$", None)]
 
     def __init__(self, config: ViTConfig, *, ctx: Context | None = None, rngs: Context | None = None):
         ctx = make_ctx(ctx, rngs)
