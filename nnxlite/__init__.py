@@ -13,6 +13,8 @@ from nnxlite.autodiff import grad, value_and_grad
 from nnxlite.filters import All, Any, Not, PathContains
 from nnxlite.graph import GraphDef, ModuleDef, clone, graphdef, iter_graph, merge, pop, split, state, update
 from nnxlite.module import Dict, List, Module
+from nnxlite._data import DataLeaf, data, is_data, register_data_type, static
+from nnxlite.pytree import Object, Pytree, check_pytree, dataclass
 from nnxlite.rng import Context, ContextDef, Rngs, RngStream, context
 from nnxlite.state import State
 from nnxlite.variables import (
