@@ -416,3 +416,23 @@ def test_flax_object_is_not_a_pytree_either():
 
     box = Box()
     assert jax.tree.leaves(box) == [box]
+
+
+def test_nnx_jit_propagates_new_and_replaced_array_attributes():
+    model = WithArrays()
+
+    @nnx.jit
+    def grow(m):
+        m.extra = jnp.ones(3)  # a structural change: a new data attribute
+        m.count = m.count + 1
+        m.table.append(jnp.zeros(1))
+        return m
+
+    out = grow(model)
+    assert out is model
+    assert type(model.extra) is type(model.count) and model.extra.tolist() == [1.0, 1.0, 1.0]
+    assert float(model.count) == 1.0 and model.table[2].tolist() == [0.0]
+    grads = nnx.grad(lambda m: jnp.sum(m.linear(jnp.ones((1, 2)))) * m.count)(model)
+    assert ("linear", "kernel") in grads.paths()
+    lanes = nnx.vmap(lambda m: m.count * 2, in_axes=None, axis_size=2)(model)
+    assert lanes.tolist() == [2.0, 2.0]

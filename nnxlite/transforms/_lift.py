@@ -332,6 +332,8 @@ def _apply(meta: _Meta, aligned: Sequence, extra: Sequence, plain: list, outer: 
         else:
             v = _make(t, next(it_extra), md)
         variables.append(v)
+    for j in gd._data_leaves:  # plain data leaves (array attributes) go into nodes unboxed
+        variables[j] = variables[j].raw_value
     objs: list = [None] * len(node_specs)
     for i, (t, kind, *_rest) in enumerate(node_specs):
         o = meta.node_origin[i]
