@@ -50,5 +50,8 @@ from nnxlite import checkpoint
 from nnxlite.checkpoint import restore, save
 from nnxlite import transforms
 from nnxlite.transforms import Carry, cond, eval_shape, grad, jit, remat, scan, switch, value_and_grad, vmap
+from nnxlite.transforms.lift_types import DiffState, StateAxes, StateSharding
+from nnxlite.transforms.modes import set_graph_mode, set_graph_updates
+from nnxlite.rng_split import SplitBackups, restore_rngs, split_rngs
 
 __version__ = "0.1.0"
