@@ -37,7 +37,7 @@ import numpy as np
 from nnxlite import graph
 from nnxlite.interop._layouts import Slot, model_slots
 from nnxlite.interop._rules import Rule, apply_rules, check_invertible, invert_rules
-from nnxlite.interop._sources import open_source, to_torch
+from nnxlite.interop._sources import copy_into, host_empty, open_source, to_torch
 from nnxlite.state import State, _fmt_path
 from nnxlite.variables import Variable
 
@@ -285,11 +285,18 @@ def _transformed(array: Any, transforms: list) -> Any:
 def _placed_like(part: np.ndarray, old: Any, *, may_alias: bool) -> Any:
     """``part`` as a JAX array with ``old``'s dtype, on ``old``'s devices.
 
-    Unless ``may_alias``, the data is copied first: on CPU ``device_put`` can
-    keep pointing at a numpy buffer, and a buffer shared with a torch tensor
-    would change under the JAX array when torch updates it in place.
+    On CPU ``device_put`` can adopt a numpy buffer instead of copying it.
+    That is what we want for a buffer this load made (``may_alias``), but a
+    buffer shared with the caller's torch tensor would change under the
+    "immutable" JAX array when torch updates it in place. Anything else is
+    laid out once in a fresh page-aligned buffer, which JAX then adopts.
     """
-    part = np.asarray(part, dtype=old.dtype) if may_alias else np.array(part, dtype=old.dtype, order="C")
+    part = np.asarray(part)
+    if not (may_alias and part.dtype == old.dtype and part.flags.c_contiguous):
+        dense = host_empty(part.shape, old.dtype)
+        copy_into(dense, part)
+        part = dense
+    part = part.reshape(old.shape)  # dense by now: a view
     sharding = getattr(old, "sharding", None) if isinstance(old, jax.Array) else None
     return jax.device_put(part, sharding)
 
