@@ -86,21 +86,17 @@ def load_state_dict(
 
     The built-in layout rules, chosen by the nnxlite layer at the target:
 
-    ========================================  =====================================
-    PyTorch                                   nnxlite
-    ========================================  =====================================
-    ``Linear.weight`` (out, in)               ``Linear.kernel`` (in, out)
-    ``ConvNd.weight`` (out, in, *window)      ``Conv.kernel`` (*window, in, out)
-    ``ConvTransposeNd.weight`` (in, out, *w)  ``ConvTranspose.kernel`` (*w, in, out), window flipped
-    ``Embedding.weight``                      ``Embed.embedding``
-    ``LayerNorm``/``GroupNorm``/``RMSNorm``   ``scale`` (and ``bias``)
-    ``.weight``
-    ``BatchNorm`` ``weight``, ``bias``,       ``scale``, ``bias``, ``mean``, ``var``
-    ``running_mean``, ``running_var``         (``num_batches_tracked`` is dropped)
-    ``MultiheadAttention.in_proj_weight``     ``query``/``key``/``value`` kernels
-    (3E, E), ``in_proj_bias``, ``out_proj``   (E, heads, head_dim), ``out``
-    other Variables                           copied as they are
-    ========================================  =====================================
+    | PyTorch | nnxlite |
+    |---|---|
+    | ``Linear.weight`` (out, in) | ``Linear.kernel`` (in, out); ``LinearGeneral`` reshaped |
+    | ``ConvNd.weight`` (out, in, *window) | ``Conv.kernel`` (*window, in, out) |
+    | ``ConvTransposeNd.weight`` (in, out, *window) | ``ConvTranspose.kernel`` (*window, in, out), window flipped |
+    | ``Embedding.weight`` | ``Embed.embedding`` |
+    | ``LayerNorm``/``GroupNorm``/``RMSNorm`` ``.weight`` | ``.scale`` |
+    | ``BatchNorm`` ``running_mean``/``running_var`` | ``mean``/``var`` (``num_batches_tracked`` dropped) |
+    | ``MultiheadAttention.in_proj_weight`` (3E, E) | ``query``/``key``/``value`` kernels (E, heads, head_dim) |
+    | ``MultiheadAttention.out_proj`` | ``out`` |
+    | any other Variable | copied as is |
 
     Every check runs before anything is written: a name that fits nothing,
     a Variable that gets nothing (with ``strict=True``) or a shape that does
