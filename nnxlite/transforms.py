@@ -117,33 +117,105 @@ def _is_node(x: Any) -> bool:
 class _RootsCache:
     """The joint traversal of a call's graph roots, reused while identities and epoch match.
 
-    Identities are checked through weak references (the cached traversal itself
-    still holds the objects until the next call replaces it); roots that cannot
-    be weakly referenced (tracked lists) simply disable the cache.
+    It holds the roots only weakly and drops everything (the traversal and its
+    Variables) as soon as any root is freed, so a cache never keeps a model
+    alive after the user let go of it. The cached traversal keeps the
+    Variables (needed to read and write them) but not the module objects:
+    those are looked up through weak references when a caller asks for them.
+    Roots that cannot be weakly referenced (tracked lists) disable the cache.
     """
 
-    __slots__ = ("_refs", "_flat")
+    __slots__ = ("_refs", "_flat", "__weakref__")
 
     def __init__(self):
         self._refs: tuple = ()
-        self._flat = None
+        self._flat: _DetachedFlat | None = None
 
-    def get(self, roots: tuple) -> graph._Flat:
-        flat = self._flat
+    def get(self, roots: tuple):
+        cached = self._flat
         refs = self._refs
-        if flat is not None and flat.epoch == _epoch._current and len(refs) == len(roots):
+        if cached is not None and cached.epoch == _epoch._current and len(refs) == len(roots):
             for r, o in zip(refs, roots):
                 if r() is not o:
                     break
             else:
-                return flat
+                return _FlatView(cached, roots)
         flat = graph.flatten_roots(roots)
-        try:
-            self._refs = tuple(weakref.ref(o) for o in roots)
-            self._flat = flat
-        except TypeError:
-            self._refs, self._flat = (), None
+        self.store(roots, flat)
         return flat
+
+    def store(self, roots: tuple, flat: graph._Flat) -> None:
+        self._refs, self._flat = (), None
+        try:
+            self._refs = _weak_refs(roots, self._drop_callback())
+        except TypeError:
+            return
+        self._flat = _DetachedFlat(flat)
+
+    def _drop_callback(self) -> Callable:
+        me = weakref.ref(self)
+
+        def drop(_):
+            cache = me()
+            if cache is not None:
+                cache._refs, cache._flat = (), None
+
+        return drop
+
+
+def _weak_refs(objects: Sequence, callback: Callable) -> tuple:
+    """Weak references to ``objects`` that call ``callback`` when any of them is freed (TypeError if one cannot)."""
+    return tuple(weakref.ref(o, callback) for o in objects)
+
+
+class _DetachedFlat:
+    """A traversal without strong references to its module objects (see :class:`_RootsCache`)."""
+
+    __slots__ = ("epoch", "graphdef", "variables", "aliases", "node_paths", "groups", "_nodes")
+
+    def __init__(self, flat: graph._Flat):
+        self.epoch = flat.epoch
+        self.graphdef = flat.graphdef
+        self.variables = flat.variables
+        self.aliases = flat.aliases
+        self.node_paths = flat.node_paths
+        self.groups = flat.groups
+        # Node 0 is the tuple of roots (rebuilt from the call's own roots); tuples cannot
+        # be weakly referenced, and are kept as they are (they hold only what a root holds).
+        nodes = []
+        for o in flat.node_objects[1:]:
+            try:
+                nodes.append(weakref.ref(o))
+            except TypeError:
+                nodes.append(o)
+        self._nodes = nodes
+
+
+class _FlatView:
+    """A cached traversal seen for one call: the live roots plus the cache's objects."""
+
+    __slots__ = ("_d", "_roots", "_node_objects")
+
+    def __init__(self, detached: _DetachedFlat, roots: tuple):
+        self._d = detached
+        self._roots = roots
+        self._node_objects = None
+
+    epoch = property(lambda self: self._d.epoch)
+    graphdef = property(lambda self: self._d.graphdef)
+    variables = property(lambda self: self._d.variables)
+    aliases = property(lambda self: self._d.aliases)
+    node_paths = property(lambda self: self._d.node_paths)
+    groups = property(lambda self: self._d.groups)
+
+    @property
+    def node_objects(self) -> list:
+        if self._node_objects is None:
+            objs = [tuple(self._roots)]
+            for o in self._d._nodes:
+                objs.append(o() if type(o) is weakref.ref else o)
+            self._node_objects = objs
+        return self._node_objects
 
 
 class _Inputs:
@@ -719,9 +791,14 @@ def _plain_leaf(x: Any) -> bool:
 
 
 class _Entry:
-    """The fast path of one jit-wrapped function: valid for one set of roots at one epoch."""
+    """The fast path of one jit-wrapped function: valid for one set of roots at one epoch.
 
-    __slots__ = ("epoch", "nargs", "refs", "dyn_pos", "statics", "variables", "don_vars", "keep_vars", "fn", "flat")
+    It holds the roots weakly (their Variables strongly, to read and write
+    them fast); the weak references' callback clears the entry as soon as any
+    root is freed, so a dropped model's arrays are released.
+    """
+
+    __slots__ = ("epoch", "nargs", "refs", "dyn_pos", "statics", "variables", "don_vars", "keep_vars", "fn")
 
 
 class _Compiled:
@@ -780,18 +857,21 @@ class _Jitted:
                             break
                     else:
                         dyn = [args[i] for i in e.dyn_pos]
+                        variables = e.variables
                         try:
-                            aligned, extra, out, meta = e.fn(
+                            changed, extra, out, meta = e.fn(
                                 [v.raw_value for v in e.don_vars], [v.raw_value for v in e.keep_vars], *dyn
                             )
                         except Exception as err:
-                            _explain_leak(e.variables, err)
+                            _explain_leak(variables, err)
                             raise
                         if meta is None:
-                            for v, x in zip(e.variables, aligned):
-                                v.raw_value = x
+                            for j, x in changed.items():
+                                variables[j].raw_value = x
                             return out
-                        return _apply(meta, aligned, extra, out, e.flat)
+                        roots = tuple(args[i] for i, _ in e.refs)
+                        aligned = _scatter(len(variables), _KEEP, (tuple(changed), tuple(changed.values())))
+                        return _apply(meta, aligned, extra, out, self._roots.get(roots))
         return self._call_slow(args, kwargs)
 
     # -- everything else ----------------------------------------------------------------
@@ -831,13 +911,19 @@ class _Jitted:
         don_vars = [variables[j] for j in comp.don_idx]
         keep_vars = [variables[j] for j in comp.keep_idx]
         try:
-            aligned, extra, out, meta = comp.fn(
+            changed, extra, out, meta = comp.fn(
                 [v.raw_value for v in don_vars], [v.raw_value for v in keep_vars], *inputs.others
             )
         except Exception as err:
             _explain_leak(variables, err)
             raise
-        result = _finish(inputs, aligned, extra, out, meta)
+        if meta is None:
+            for j, x in changed.items():
+                variables[j].raw_value = x
+            result = out
+        else:
+            aligned = _scatter(len(variables), _KEEP, (tuple(changed), tuple(changed.values())))
+            result = _apply(meta, aligned, extra, out, inputs.flat)
         self._remember(args, kwargs, inputs, comp, statics, don_vars, keep_vars, epoch_before, meta)
         return result
 
@@ -848,12 +934,13 @@ class _Jitted:
             return
         static_pos = {i for i, _ in statics}
         refs, dyn_pos = [], []
+        drop = self._drop_entry_callback()
         for i, a in enumerate(args):
             if i in static_pos:
                 continue
             if _is_node(a):
                 try:
-                    refs.append((i, weakref.ref(a)))
+                    refs.append((i, weakref.ref(a, drop)))
                 except TypeError:
                     return
             elif _plain_leaf(a):
@@ -869,7 +956,9 @@ class _Jitted:
         e = _Entry()
         e.epoch = _epoch._current
         if flat is not None:
-            flat.epoch = e.epoch
+            self._roots.store(inputs.roots, flat)
+            if self._roots._flat is not None:
+                self._roots._flat.epoch = e.epoch
         e.nargs = len(args)
         e.refs = tuple(refs)
         e.dyn_pos = tuple(dyn_pos)
@@ -878,8 +967,17 @@ class _Jitted:
         e.don_vars = don_vars
         e.keep_vars = keep_vars
         e.fn = comp.fn
-        e.flat = flat
         self._entry = e
+
+    def _drop_entry_callback(self) -> Callable:
+        me = weakref.ref(self)
+
+        def drop(_):  # a root of the cached call was freed: let go of its Variables
+            jitted = me()
+            if jitted is not None:
+                jitted._entry = None
+
+        return drop
 
     def _compile(self, inputs: _Inputs, dargs, dkwargs, statics, static_kw) -> _Compiled:
         fun = self._fun
@@ -912,15 +1010,24 @@ class _Jitted:
         donate = ((0,) if don_idx else ()) + dyn_donate
 
         jit_kwargs = dict(self._jit_kwargs)
+        out_state: list = []
+        relayout: frozenset = frozenset()
         if self._in_shardings is not None or self._out_shardings is not None:
             in_s, out_state = self._shardings(inputs, dargs, dkwargs, arg_of_leaf, don_idx, keep_idx)
             if self._in_shardings is not None:
                 jit_kwargs["in_shardings"] = in_s
-            out_user = self._out_shardings
-            jit_kwargs["out_shardings"] = (out_state, None, out_user, None)
+                # Variables not yet in the layout asked for come back (and so are stored) in it.
+                relayout = frozenset(
+                    j for j, (v, sh) in enumerate(zip(inputs.variables, out_state))
+                    if sh is not None and not _has_layout(v.raw_value, sh)
+                )
+            # Which Variables come out is known only after tracing, so their layout is pinned
+            # inside (below) rather than by an out_shardings prefix.
+            jit_kwargs["out_shardings"] = (None, None, self._out_shardings, None)
 
         static_items = statics
         don_t, keep_t = tuple(don_idx), tuple(keep_idx)
+        don_set = frozenset(don_idx) | relayout
 
         def inner(don, keep, *others):
             leaves = _scatter(n_vars, None, (don_t, don), (keep_t, keep))
@@ -931,7 +1038,16 @@ class _Jitted:
                     args[i] = s
                 kwargs = dict(kwargs, **dict(static_kw))
             out = fun(*args, **kwargs)
-            return _leave(pre, roots, out, leaves)
+            aligned, extra, out, meta = _leave(pre, roots, out, leaves)
+            # Only Variables whose value the function replaced travel out: an output that *is*
+            # the input tracer is unchanged, so an inference call returns no state at all.
+            # Donated ones always come back (their input buffers are consumed).
+            changed = {j: x for j, x in enumerate(aligned) if x is not leaves[j] or j in don_set}
+            if out_state:  # updated Variables keep their input sharding
+                for j, x in changed.items():
+                    if out_state[j] is not None:
+                        changed[j] = jax.lax.with_sharding_constraint(x, out_state[j])
+            return changed, extra, out, meta
 
         inner.__name__ = getattr(fun, "__name__", "fn")
         inner.__qualname__ = getattr(fun, "__qualname__", inner.__name__)
@@ -973,6 +1089,14 @@ class _Jitted:
             [variables[j].raw_value for j in comp.keep_idx],
             *inputs.others,
         )
+
+
+def _has_layout(x: Any, sharding: Any) -> bool:
+    """Is array ``x`` already laid out as ``sharding`` (False when unsure)?"""
+    try:
+        return isinstance(sharding, jax.sharding.Sharding) and x.sharding.is_equivalent_to(sharding, x.ndim)
+    except Exception:
+        return False
 
 
 def _resolve_argnums(fun, argnums, argnames) -> tuple[tuple, tuple]:
