@@ -75,6 +75,8 @@ def promote_dtype(*arrays: Any, dtype: Any = None, inexact: bool = True) -> tupl
     ``None`` entries pass through unchanged (an absent bias, say), which
     lets a layer write ``x, kernel, bias = promote_dtype(x, kernel, bias)``.
     With ``inexact=True`` an all-integer set of arrays is promoted to float.
+    flax.nnx's spelling, one tuple of arrays (``promote_dtype((x, kernel))``),
+    works too and is what layers call their ``promote_dtype=`` function with.
 
     >>> import jax.numpy as jnp
     >>> from nnxlite.nn.dtypes import promote_dtype
@@ -82,6 +84,8 @@ def promote_dtype(*arrays: Any, dtype: Any = None, inexact: bool = True) -> tupl
     >>> x.dtype, bias
     (dtype('float32'), None)
     """
+    if len(arrays) == 1 and isinstance(arrays[0], (tuple, list)):  # flax.nnx: one tuple of arrays
+        arrays = tuple(arrays[0])
     target = result_dtype(*arrays, dtype=dtype, inexact=inexact)
     # A jax array already in the target dtype is returned as is: the cast would be a
     # no-op that still costs an eager dispatch.
