@@ -8,21 +8,22 @@ is what :meth:`nnxlite.Optimizer.update` does when it is called eagerly with
 concrete arrays; inside a trace (``nnx.jit``, ``jax.jit``) the update is
 traced as usual and this module is not involved.
 
-The compiled function is cached on the optimizer, per parameter structure
-(and jax re-compiles by itself for new shapes or dtypes). Nothing of the
-user's code runs inside it: only ``tx.update`` and ``optax.apply_updates``.
-An optax transformation with Python side effects in its ``update`` (rare)
-would see them once per compile; pass ``compile_eager=False`` to
-``Optimizer`` (or set ``optimizer.compile_eager = False``) to run every
-operation eagerly instead.
+The compiled function is cached on the optimizer, per (transformation,
+parameter structure, optax state structure, keyword names); jax compiles
+again by itself for new shapes or dtypes. None of the user's code runs inside
+it, only ``tx.update`` and ``optax.apply_updates``. An optax transformation
+with Python side effects in its ``update`` (rare) would see them once per
+compile: set ``optimizer.compile_eager = False`` to run every operation
+eagerly instead. Keyword arguments that are not arrays (``value_fn=`` for
+``optax.lbfgs``, say) also take the eager route.
 
 >>> import jax.numpy as jnp, optax, nnxlite as nnx
 >>> model = nnx.Linear(2, 1, ctx=nnx.context(0))
 >>> optimizer = nnx.Optimizer(model, optax.adam(1e-2))
 >>> grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((1, 2)))))(model)
 >>> optimizer.update(grads)          # eager call: one compiled optax step
->>> int(optimizer.step.value)
-1
+>>> int(optimizer.step.value), len(optimizer.__dict__["_nnx_eager_update"])
+(1, 1)
 """
 
 from __future__ import annotations
@@ -30,31 +31,47 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
-from nnxlite.state import State, StateStructure, _new_state
+from nnxlite.state import State, _new_state
 
-__all__ = ["is_concrete", "compiled_step"]
+__all__ = ["try_compiled_update"]
 
 _CACHE_KEY = "_nnx_eager_update"  # `_nnx_` attributes are invisible to the graph traversal
 _Tracer = jax.core.Tracer
 
 
-def is_concrete(*leaf_lists: list) -> bool:
-    """True when no leaf is a tracer (the update runs eagerly, not inside a transform)."""
-    for leaves in leaf_lists:
-        for x in leaves:
-            if isinstance(x, _Tracer):
-                return False
+def _concrete(leaves) -> bool:
+    for x in leaves:
+        if isinstance(x, _Tracer) or not isinstance(x, (jax.Array, np.ndarray)):
+            return False
     return True
 
 
-def compiled_step(owner: Any, tx: optax.GradientTransformation, structure: StateStructure, treedef: Any,
-                  kwarg_names: tuple) -> Any:
-    """The jitted ``(grads, params, opt_state, kwargs) -> (new_params, new_opt_state, treedef_ok)`` step.
+def try_compiled_update(optimizer: Any, plan: Any, grads: State, kwargs: dict) -> bool:
+    """Run the update as one compiled step and write it back; False (nothing done) when it does not apply."""
+    param_vars, opt_vars = plan.param_vars, plan.opt_vars
+    grad_leaves = grads._leaves
+    param_leaves = [v.raw_value for v in param_vars]
+    opt_leaves = [v.raw_value for v in opt_vars]
+    if not (_concrete(grad_leaves) and _concrete(param_leaves) and _concrete(opt_leaves)):
+        return False  # inside a trace, or non-array leaves: the ordinary path
+    if kwargs and not _concrete(kwargs.values()):
+        return False
+    step = _compiled_step(optimizer, optimizer.tx, plan.structure, optimizer._spec.treedef, tuple(sorted(kwargs)))
+    if step is None:
+        return False
+    new_params, new_opt = step(grad_leaves, param_leaves, opt_leaves, kwargs)
+    # Written only after the whole step succeeded: an error leaves the model unchanged.
+    for v, x in zip(param_vars, new_params):
+        v.raw_value = x
+    for v, x in zip(opt_vars, new_opt):
+        v.raw_value = x
+    return True
 
-    Cached in ``owner.__dict__`` per (tx, parameter structure, optax treedef, keyword names).
-    """
+
+def _compiled_step(owner: Any, tx: optax.GradientTransformation, structure: Any, treedef: Any, kwarg_names: tuple):
     cache = owner.__dict__.get(_CACHE_KEY)
     if cache is None:
         cache = owner.__dict__[_CACHE_KEY] = {}
@@ -65,6 +82,8 @@ def compiled_step(owner: Any, tx: optax.GradientTransformation, structure: State
         return None
     if fn is not None:
         return fn
+    if kwarg_names and not isinstance(tx, optax.GradientTransformationExtraArgs):
+        tx = optax.with_extra_args_support(tx)
 
     def step(grad_leaves, param_leaves, opt_leaves, kwargs):
         grads = _new_state(list(grad_leaves), structure)
@@ -78,10 +97,7 @@ def compiled_step(owner: Any, tx: optax.GradientTransformation, structure: State
                 "Optimizer.update: the transformation returned a state with a different structure "
                 f"than it was created with.\n  expected: {treedef}\n  found:    {new_treedef}"
             )
-        if isinstance(new_params, State):
-            param_out = new_params._leaves
-        else:
-            param_out = jax.tree_util.tree_leaves(new_params)
+        param_out = new_params._leaves if isinstance(new_params, State) else jax.tree_util.tree_leaves(new_params)
         return list(param_out), new_leaves
 
     fn = jax.jit(step)
