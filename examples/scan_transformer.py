@@ -216,11 +216,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=800, help="training steps")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per training step")
     parser.add_argument("--seq-len", type=int, default=64, help="characters of context")
-    parser.add_argument("--dim", type=int, default=64, help="model width")
+    parser.add_argument("--dim", type=int, default=64, help="model width (d_model)")
     parser.add_argument("--heads", type=int, default=4, help="attention heads per layer")
-    parser.add_argument("--layers", type=int, default=4, help="transformer blocks (stacked by nnx.vmap, run by nnx.scan)")
+    parser.add_argument("--layers", type=int, default=4, help="transformer blocks (scanned over)")
     parser.add_argument("--dropout", type=float, default=0.1, help="dropout rate")
-    parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     parser.add_argument("--chars", type=int, default=1_000_000, help="characters of stdlib source to read")
     parser.add_argument(
         "--depths", type=int, nargs="+", default=[2, 4, 8, 16], help="numbers of layers for the compile-time table"

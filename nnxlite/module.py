@@ -27,9 +27,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from nnxlite import _epoch
 from nnxlite import filters as filterlib
 from nnxlite import graph
+from nnxlite.pytree import Dict, List, Pytree
 from nnxlite.state import State
 from nnxlite.variables import Variable
 
@@ -38,187 +38,8 @@ __all__ = ["Module", "List", "Dict"]
 M = TypeVar("M", bound="Module")
 
 
-def _track(value: Any) -> Any:
-    """Turn plain lists/dicts (also inside tuples) into their tracked versions."""
-    t = type(value)
-    if t is list:
-        return List(value)
-    if t is dict:
-        return Dict(value)
-    if t is tuple and any(type(v) in (list, dict, tuple) for v in value):
-        return tuple(_track(v) for v in value)
-    return value
-
-
-class List(list):
-    """A ``list`` that tells graph caches when it changes. Created automatically."""
-
-    __slots__ = ()
-
-    def __init__(self, iterable=()):
-        list.__init__(self, (_track(v) for v in iterable))
-
-    def __setitem__(self, index, value):
-        value = [_track(v) for v in value] if isinstance(index, slice) else _track(value)
-        list.__setitem__(self, index, value)
-        _epoch.bump()
-
-    def __delitem__(self, index):
-        list.__delitem__(self, index)
-        _epoch.bump()
-
-    def __iadd__(self, other):
-        list.extend(self, (_track(v) for v in other))
-        _epoch.bump()
-        return self
-
-    def __imul__(self, n):
-        list.__imul__(self, n)
-        _epoch.bump()
-        return self
-
-    def append(self, value):
-        list.append(self, _track(value))
-        _epoch.bump()
-
-    def extend(self, values):
-        list.extend(self, (_track(v) for v in values))
-        _epoch.bump()
-
-    def insert(self, index, value):
-        list.insert(self, index, _track(value))
-        _epoch.bump()
-
-    def pop(self, index=-1):
-        out = list.pop(self, index)
-        _epoch.bump()
-        return out
-
-    def remove(self, value):
-        for i, v in enumerate(self):
-            if v is value:
-                del self[i]
-                return
-        list.remove(self, value)
-        _epoch.bump()
-
-    def clear(self):
-        list.clear(self)
-        _epoch.bump()
-
-    def sort(self, *args, **kwargs):
-        list.sort(self, *args, **kwargs)
-        _epoch.bump()
-
-    def reverse(self):
-        list.reverse(self)
-        _epoch.bump()
-
-    def __reduce_ex__(self, protocol):
-        return (List, (list(self),))
-
-
-class Dict(dict):
-    """A ``dict`` that tells graph caches when it changes. Created automatically."""
-
-    __slots__ = ()
-
-    def __init__(self, *args, **kwargs):
-        dict.__init__(self, *args, **kwargs)
-        for k, v in dict.items(self):
-            dict.__setitem__(self, k, _track(v))
-
-    def __setitem__(self, key, value):
-        dict.__setitem__(self, key, _track(value))
-        _epoch.bump()
-
-    def __delitem__(self, key):
-        dict.__delitem__(self, key)
-        _epoch.bump()
-
-    def __ior__(self, other):
-        self.update(other)
-        return self
-
-    def update(self, *args, **kwargs):
-        for k, v in dict(*args, **kwargs).items():
-            dict.__setitem__(self, k, _track(v))
-        _epoch.bump()
-
-    def setdefault(self, key, default=None):
-        if key not in self:
-            self[key] = default
-        return dict.__getitem__(self, key)
-
-    def pop(self, *args):
-        out = dict.pop(self, *args)
-        _epoch.bump()
-        return out
-
-    def popitem(self):
-        out = dict.popitem(self)
-        _epoch.bump()
-        return out
-
-    def clear(self):
-        dict.clear(self)
-        _epoch.bump()
-
-    def __reduce_ex__(self, protocol):
-        return (Dict, (dict(self),))
-
-
-class Module:
-    """Base class for layers and models: a plain Python object whose attributes hold state.
-
-    Subclass it, create Variables and sub-modules in ``__init__`` (right away:
-    there is no lazy shape inference) and compute in ``__call__``. Attributes
-    can be edited freely afterwards; ``nnx.split`` / ``nnx.merge`` /
-    ``nnx.update`` move the state in and out of JAX's pure world, and the
-    lifted transforms (``nnx.jit``, ``nnx.grad``, ...) do it for you::
-
-        >>> import jax, jax.numpy as jnp, optax
-        >>> import nnxlite as nnx
-        >>> class MLP(nnx.Module):
-        ...     def __init__(self, din, dout, *, rngs):     # ctx= is the same parameter
-        ...         self.hidden = nnx.Linear(din, 16, rngs=rngs)
-        ...         self.out = nnx.Linear(16, dout, rngs=rngs)
-        ...     def __call__(self, x):
-        ...         return self.out(jax.nn.relu(self.hidden(x)))
-        >>> model = MLP(2, 1, rngs=nnx.Rngs(0))
-        >>> optimizer = nnx.Optimizer(model, optax.sgd(0.02))
-        >>> @nnx.jit
-        ... def step(model, optimizer, x, y):
-        ...     loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
-        ...     optimizer.update(grads)
-        ...     return loss
-        >>> x, y = jnp.ones((4, 2)), jnp.full((4, 1), 3.0)
-        >>> losses = [float(step(model, optimizer, x, y)) for _ in range(5)]
-        >>> losses[-1] < losses[0]
-        True
-
-    Useful methods: ``train()`` / ``eval()`` (switch dropout and batch
-    statistics), ``sow`` (record intermediates), ``iter_modules``,
-    ``set_attributes``, and the seed-003 spellings ``partition``, ``filter``,
-    ``get_state``, ``update_state``.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        current = self.__dict__.get(name, _MISSING)
-        if current is value:
-            return  # e.g. `self.count += 1` re-assigns the same Variable: not structural
-        object.__setattr__(self, name, _track(value))
-        _epoch.bump()
-
-    def __delattr__(self, name: str) -> None:
-        object.__delattr__(self, name)
-        _epoch.bump()
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_nnx_")}
-
-    def __setstate__(self, state):
-        object.__setattr__(self, "__dict__", dict(state))
+class Module(Pytree):
+    """Base class for layers and models. See the module docstring for an example."""
 
     # -- the seed-003 spelling of the graph operations ---------------------------
     def partition(self: M, *filters: filterlib.Filter) -> tuple[Any, graph.GraphDef]:
@@ -336,8 +157,4 @@ class Module:
 
         return display.render_module(self, path, subtree_renderer)
 
-
-_MISSING = object()
-
-graph.register_node_base(Module)
 
