@@ -32,6 +32,8 @@ from nnxlite.nn.normalization import *  # noqa: F401,F403
 from nnxlite.nn.normalization import __all__ as _normalization
 from nnxlite.nn.pooling import *  # noqa: F401,F403
 from nnxlite.nn.pooling import __all__ as _pooling
+from nnxlite.nn.recurrent import *  # noqa: F401,F403
+from nnxlite.nn.recurrent import __all__ as _recurrent
 from nnxlite.nn.stochastic import *  # noqa: F401,F403
 from nnxlite.nn.stochastic import __all__ as _stochastic
 
@@ -46,5 +48,6 @@ __all__ = [
     *_attention,
     *_containers,
     *_pooling,
+    *_recurrent,
     *_activations,
 ]
