@@ -28,6 +28,8 @@ from nnxlite.nn.embed import *  # noqa: F401,F403
 from nnxlite.nn.embed import __all__ as _embed
 from nnxlite.nn.linear import *  # noqa: F401,F403
 from nnxlite.nn.linear import __all__ as _linear
+from nnxlite.nn.lora import *  # noqa: F401,F403
+from nnxlite.nn.lora import __all__ as _lora
 from nnxlite.nn.normalization import *  # noqa: F401,F403
 from nnxlite.nn.normalization import __all__ as _normalization
 from nnxlite.nn.pooling import *  # noqa: F401,F403
@@ -49,5 +51,6 @@ __all__ = [
     *_containers,
     *_pooling,
     *_recurrent,
+    *_lora,
     *_activations,
 ]
