@@ -36,6 +36,8 @@ from nnxlite.nn.pooling import *  # noqa: F401,F403
 from nnxlite.nn.pooling import __all__ as _pooling
 from nnxlite.nn.recurrent import *  # noqa: F401,F403
 from nnxlite.nn.recurrent import __all__ as _recurrent
+from nnxlite.nn.reparam import *  # noqa: F401,F403
+from nnxlite.nn.reparam import __all__ as _reparam
 from nnxlite.nn.stochastic import *  # noqa: F401,F403
 from nnxlite.nn.stochastic import __all__ as _stochastic
 
@@ -52,5 +54,6 @@ __all__ = [
     *_pooling,
     *_recurrent,
     *_lora,
+    *_reparam,
     *_activations,
 ]
