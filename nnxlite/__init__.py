@@ -47,6 +47,21 @@ from nnxlite.training.optimizer import Optimizer
 from nnxlite import checkpoint
 from nnxlite.checkpoint import restore, save
 from nnxlite import transforms
-from nnxlite.transforms import Carry, cond, eval_shape, grad, jit, remat, scan, switch, value_and_grad, vmap
+from nnxlite.transforms import (
+    Carry,
+    cond,
+    eval_shape,
+    fori_loop,
+    grad,
+    jit,
+    pmap,
+    remat,
+    scan,
+    shard_map,
+    switch,
+    value_and_grad,
+    vmap,
+    while_loop,
+)
 
 __version__ = "0.1.0"

@@ -38,6 +38,10 @@ def test_transforms_package_reexports_the_public_names():
     expected = {
         "jit": sys.modules["nnxlite.transforms.jit"].jit,
         "vmap": mapping.vmap,
+        "pmap": mapping.pmap,
+        "shard_map": mapping.shard_map,
+        "while_loop": loops.while_loop,
+        "fori_loop": loops.fori_loop,
         "scan": loops.scan,
         "cond": control.cond,
         "switch": control.switch,
