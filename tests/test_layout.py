@@ -48,6 +48,8 @@ def test_transforms_package_reexports_the_public_names():
         "grad": autodiff.grad,
         "value_and_grad": autodiff.value_and_grad,
         "remat": autodiff.remat,
+        "jvp": autodiff.jvp,
+        "vjp": autodiff.vjp,
         "eval_shape": shapes.eval_shape,
         "Carry": _lift.Carry,
     }
