@@ -25,6 +25,7 @@ from nnxlite.transforms._lift import (
     _call_entries,
     _check_axis,
     _draw_split_keys,
+    _rewinds_draws_on_error,
     _dyn_axes,
     _enter,
     _fresh_count,
@@ -130,6 +131,7 @@ def _mapped(f: Callable, what: str, in_axes: Any, out_axes: Any, axis_size: int 
     """The body of :func:`vmap` and :func:`pmap`: ``mapper(fn, in_axes, out_axes, n)`` is the JAX primitive."""
     allowed = (int, None, _SPLIT)
 
+    @_rewinds_draws_on_error
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         inputs = _Inputs(args, kwargs)
