@@ -185,3 +185,20 @@ def test_rnn_rejects_inputs_without_a_time_axis():
     rnn = nnx.RNN(nnx.GRUCell(3, 4, ctx=nnx.context(0)))
     with pytest.raises(ValueError, match="no time axis"):
         rnn(jnp.ones((3,)))
+
+
+def test_rngs_spelling_and_metadata_reach_the_dense_layers():
+    cell = nnx.LSTMCell(3, 4, rngs=nnx.Rngs(0), kernel_metadata={"sharding": (None, "model")})
+    assert cell.ii.kernel.sharding == (None, "model") and "sharding" not in cell.hi.kernel.metadata
+    with pytest.raises(TypeError, match="same parameter"):
+        nnx.GRUCell(3, 4, ctx=nnx.context(0), rngs=nnx.Rngs(0))
+
+
+def test_rnn_broadcast_rngs_carries_one_stream_instead_of_splitting():
+    ctx = nnx.context(noise=0)
+    split = nnx.RNN(NoisyCell(ctx))
+    carried = nnx.RNN(NoisyCell(ctx), broadcast_rngs="noise")
+    split(jnp.ones((1, 4, 1)))
+    assert int(ctx.noise.count.value) == 1  # split: one draw from the caller's stream per call
+    carried(jnp.ones((1, 4, 1)))
+    assert int(ctx.noise.count.value) == 1 + 4  # carried: the stream itself advances once per step

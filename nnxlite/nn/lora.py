@@ -17,15 +17,16 @@ Names, shapes and initializers are flax.nnx's (``lora_a`` ``(in, r)`` he-uniform
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from nnxlite._rngs_arg import one_rng_arg
 from nnxlite.functional import param_from_init
 from nnxlite.module import Module
-from nnxlite.nn import initializers
-from nnxlite.nn.dtypes import promote_dtype
+from nnxlite.nn import dtypes, initializers
 from nnxlite.nn.initializers import Initializer
 from nnxlite.nn.linear import Linear
 from nnxlite.rng import Context
@@ -64,7 +65,9 @@ class LoRA(Module):
       dtype, param_dtype: computation and storage dtypes.
       a_initializer, b_initializer: initializers of ``lora_a`` and ``lora_b``.
       lora_param_type: the Variable type of the two matrices (:class:`LoRAParam`).
-      ctx: the Context giving the ``params`` keys.
+      promote_dtype: casts ``(x, lora_a, lora_b)`` (flax's convention: one tuple and ``dtype=``).
+      ctx (or rngs): the Context giving the ``params`` keys.
+      a_metadata, b_metadata: metadata of ``lora_a`` and ``lora_b``.
     """
 
     def __init__(
@@ -79,8 +82,13 @@ class LoRA(Module):
         a_initializer: Initializer = default_a_initializer,
         b_initializer: Initializer = default_b_initializer,
         lora_param_type: type[Variable] = LoRAParam,
-        ctx: Context,
+        promote_dtype: Any = dtypes.promote_dtype,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        a_metadata: Mapping[str, Any] | None = None,
+        b_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, "LoRA", required=True)
         if base_module is not None and not callable(base_module):
             raise TypeError(f"LoRA: base_module must be callable, got a {type(base_module).__name__}.")
         self.in_features = in_features
@@ -89,12 +97,17 @@ class LoRA(Module):
         self.param_dtype = param_dtype
         self.lora_param_type = lora_param_type
         self.base_module = base_module
+        self.promote_dtype = promote_dtype
         draw = dict(variable_type=lora_param_type)
-        self.lora_a = param_from_init(a_initializer, ctx.make_rng("params"), (in_features, lora_rank), param_dtype, **draw)
-        self.lora_b = param_from_init(b_initializer, ctx.make_rng("params"), (lora_rank, out_features), param_dtype, **draw)
+        self.lora_a = param_from_init(
+            a_initializer, ctx.make_rng("params"), (in_features, lora_rank), param_dtype, **draw, **(a_metadata or {})
+        )
+        self.lora_b = param_from_init(
+            b_initializer, ctx.make_rng("params"), (lora_rank, out_features), param_dtype, **draw, **(b_metadata or {})
+        )
 
     def __call__(self, x: jax.Array, **kwargs: Any) -> jax.Array:
-        x, a, b = promote_dtype(x, self.lora_a.value, self.lora_b.value, dtype=self.dtype)
+        x, a, b = self.promote_dtype((x, self.lora_a.value, self.lora_b.value), dtype=self.dtype)
         out = x @ a @ b
         if self.base_module is not None:
             out = out + self.base_module(x, **kwargs)
@@ -119,8 +132,9 @@ class LoRALinear(Linear):
       in_features, out_features: as for ``Linear``.
       lora_rank: the adapter's rank.
       lora_dtype, lora_param_dtype: the adapter's computation and storage dtypes.
-      a_initializer, b_initializer, lora_param_type: as for :class:`LoRA`.
-      ctx: the Context giving the ``params`` keys (the Linear's first, then the adapter's).
+      a_initializer, b_initializer, lora_param_type, a_metadata, b_metadata: as for :class:`LoRA`.
+      lora_promote_dtype: the adapter's ``promote_dtype``.
+      ctx (or rngs): the Context giving the ``params`` keys (the Linear's first, then the adapter's).
       **kwargs: passed to ``Linear`` (``use_bias``, ``kernel_init``, ...).
     """
 
@@ -135,9 +149,14 @@ class LoRALinear(Linear):
         a_initializer: Initializer = default_a_initializer,
         b_initializer: Initializer = default_b_initializer,
         lora_param_type: type[Variable] = LoRAParam,
-        ctx: Context,
+        lora_promote_dtype: Any = dtypes.promote_dtype,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        a_metadata: Mapping[str, Any] | None = None,
+        b_metadata: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ):
+        ctx = one_rng_arg(ctx, rngs, "LoRALinear", required=True)
         super().__init__(in_features, out_features, ctx=ctx, **kwargs)
         self.lora = LoRA(
             in_features,
@@ -148,7 +167,10 @@ class LoRALinear(Linear):
             a_initializer=a_initializer,
             b_initializer=b_initializer,
             lora_param_type=lora_param_type,
+            promote_dtype=lora_promote_dtype,
             ctx=ctx,
+            a_metadata=a_metadata,
+            b_metadata=b_metadata,
         )
 
     def __call__(self, x: jax.Array, **kwargs: Any) -> jax.Array:

@@ -534,7 +534,8 @@ class InstanceNorm(Module):
       num_features: number of features (the size of the feature axes).
       feature_axes: the axes the parameters live on (not reduced; not axis 0).
       epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init,
-      axis_name, axis_index_groups, use_fast_variance, ctx: as for :class:`LayerNorm`.
+      axis_name, axis_index_groups, use_fast_variance, promote_dtype, ctx (or rngs),
+      bias_metadata, scale_metadata: as for :class:`LayerNorm`.
     """
 
     def __init__(
@@ -552,8 +553,14 @@ class InstanceNorm(Module):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: Any = dtypes.promote_dtype,
         ctx: Context | None = None,
+        rngs: Context | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
+        scale_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, "InstanceNorm")
+        self.promote_dtype = promote_dtype
         self.num_features = num_features
         self.epsilon = epsilon
         self.dtype = dtype
@@ -564,8 +571,8 @@ class InstanceNorm(Module):
         self.axis_name = axis_name
         self.axis_index_groups = _freeze(axis_index_groups)
         self.use_fast_variance = use_fast_variance
-        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx)
-        self.bias = _feature_param(use_bias, bias_init, num_features, param_dtype, ctx)
+        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx, scale_metadata)
+        self.bias = _feature_param(use_bias, bias_init, num_features, param_dtype, ctx, bias_metadata)
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalize ``x``; ``mask`` selects the entries the statistics use."""
@@ -578,7 +585,7 @@ class InstanceNorm(Module):
         _check_features(self, x, feature_axes)
         reduction_axes = tuple(a for a in range(1, x.ndim) if a not in feature_axes)
         scale, bias = _params(self)
-        x, scale, bias = promote_dtype(x, scale, bias, dtype=self.dtype)
+        x, scale, bias = _promote(self, x, scale, bias)
         mean, var = _moments(
             x, reduction_axes, dtype=self.dtype, use_fast_variance=self.use_fast_variance,
             axis_name=self.axis_name, axis_index_groups=self.axis_index_groups, mask=mask,

@@ -14,18 +14,21 @@ for one time step; :class:`RNN` runs it over a sequence with :func:`nnx.scan`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from nnxlite import filters as filterlib
+from nnxlite._rngs_arg import one_rng_arg
 from nnxlite.module import Module
-from nnxlite.nn import initializers
+from nnxlite.nn import dtypes, initializers
 from nnxlite.nn.initializers import Initializer
 from nnxlite.nn.linear import Linear
 from nnxlite.rng import Context, RngStream
 from nnxlite.transforms import Carry, scan
+from nnxlite.variables import RngState
 
 __all__ = ["RNNCellBase", "SimpleCell", "LSTMCell", "OptimizedLSTMCell", "GRUCell", "RNN", "Bidirectional", "flip_sequences"]
 
@@ -106,8 +109,11 @@ class SimpleCell(RNNCellBase):
       activation_fn: the nonlinearity (tanh).
       kernel_init, recurrent_kernel_init, bias_init: initializers of the
         input kernel, recurrent kernel and bias.
+      promote_dtype: casts inputs and weights (passed to the dense layers).
       keep_rngs: keep the Context's ``carry`` stream for ``initialize_carry``.
-      ctx: the Context giving the ``params`` keys.
+      ctx (or rngs): the Context giving the ``params`` keys.
+      kernel_metadata, recurrent_kernel_metadata, bias_metadata: metadata of
+        the input kernels, recurrent kernels and bias (e.g. ``sharding``).
     """
 
     def __init__(
@@ -123,16 +129,29 @@ class SimpleCell(RNNCellBase):
         kernel_init: Initializer = initializers.lecun_normal(),
         recurrent_kernel_init: Initializer = _orthogonal,
         bias_init: Initializer = initializers.zeros_init(),
+        promote_dtype: Callable = dtypes.promote_dtype,
         keep_rngs: bool = False,
-        ctx: Context,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        kernel_metadata: Mapping[str, Any] | None = None,
+        recurrent_kernel_metadata: Mapping[str, Any] | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, type(self).__name__, required=True)
         _cell_common(self, in_features, hidden_features, dtype, param_dtype, carry_init, keep_rngs, ctx)
         self.residual = residual
         self.activation_fn = activation_fn
-        dense = dict(dtype=dtype, param_dtype=param_dtype, ctx=ctx)
+        dense = dict(dtype=dtype, param_dtype=param_dtype, promote_dtype=promote_dtype, ctx=ctx)
+        meta_i = dict(kernel_metadata=kernel_metadata)
+        meta_h = dict(kernel_metadata=recurrent_kernel_metadata)
         # Created in flax's order (dense_h first), so the same seed draws the same weights.
-        self.dense_h = Linear(hidden_features, hidden_features, use_bias=False, kernel_init=recurrent_kernel_init, **dense)
-        self.dense_i = Linear(in_features, hidden_features, kernel_init=kernel_init, bias_init=bias_init, **dense)
+        self.dense_h = Linear(
+            hidden_features, hidden_features, use_bias=False, kernel_init=recurrent_kernel_init, **meta_h, **dense
+        )
+        self.dense_i = Linear(
+            in_features, hidden_features, kernel_init=kernel_init, bias_init=bias_init, bias_metadata=bias_metadata,
+            **meta_i, **dense,
+        )
 
     def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = self.dense_i(inputs) + self.dense_h(carry)
@@ -168,8 +187,8 @@ class LSTMCell(RNNCellBase):
       kernel_init, recurrent_kernel_init, bias_init: initializers.
       dtype, param_dtype: computation and storage dtypes.
       carry_init: default carry initializer (zeros when None).
-      keep_rngs: keep the Context's ``carry`` stream for ``initialize_carry``.
-      ctx: the Context giving the ``params`` keys.
+      promote_dtype, keep_rngs, ctx (or rngs), kernel_metadata,
+      recurrent_kernel_metadata, bias_metadata: as for :class:`SimpleCell`.
     """
 
     def __init__(
@@ -185,20 +204,29 @@ class LSTMCell(RNNCellBase):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         carry_init: Initializer | None = None,
+        promote_dtype: Callable = dtypes.promote_dtype,
         keep_rngs: bool = False,
-        ctx: Context,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        kernel_metadata: Mapping[str, Any] | None = None,
+        recurrent_kernel_metadata: Mapping[str, Any] | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, type(self).__name__, required=True)
         _cell_common(self, in_features, hidden_features, dtype, param_dtype, carry_init, keep_rngs, ctx)
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
-        dense = dict(dtype=dtype, param_dtype=param_dtype, ctx=ctx)
+        dense = dict(dtype=dtype, param_dtype=param_dtype, promote_dtype=promote_dtype, ctx=ctx)
+        meta_i = dict(kernel_metadata=kernel_metadata)
+        meta_h = dict(kernel_metadata=recurrent_kernel_metadata)
 
         def dense_i():
-            return Linear(in_features, hidden_features, use_bias=False, kernel_init=kernel_init, **dense)
+            return Linear(in_features, hidden_features, use_bias=False, kernel_init=kernel_init, **meta_i, **dense)
 
         def dense_h():
             return Linear(
-                hidden_features, hidden_features, kernel_init=recurrent_kernel_init, bias_init=bias_init, **dense
+                hidden_features, hidden_features, kernel_init=recurrent_kernel_init, bias_init=bias_init,
+                bias_metadata=bias_metadata, **meta_h, **dense,
             )
 
         self.ii, self.if_, self.ig, self.io = dense_i(), dense_i(), dense_i(), dense_i()
@@ -250,16 +278,25 @@ class OptimizedLSTMCell(RNNCellBase):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         carry_init: Initializer | None = None,
+        promote_dtype: Callable = dtypes.promote_dtype,
         keep_rngs: bool = False,
-        ctx: Context,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        kernel_metadata: Mapping[str, Any] | None = None,
+        recurrent_kernel_metadata: Mapping[str, Any] | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, type(self).__name__, required=True)
         _cell_common(self, in_features, hidden_features, dtype, param_dtype, carry_init, keep_rngs, ctx)
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
-        dense = dict(dtype=dtype, param_dtype=param_dtype, ctx=ctx)
-        self.dense_i = Linear(in_features, 4 * hidden_features, use_bias=False, kernel_init=kernel_init, **dense)
+        dense = dict(dtype=dtype, param_dtype=param_dtype, promote_dtype=promote_dtype, ctx=ctx)
+        meta_i = dict(kernel_metadata=kernel_metadata)
+        meta_h = dict(kernel_metadata=recurrent_kernel_metadata)
+        self.dense_i = Linear(in_features, 4 * hidden_features, use_bias=False, kernel_init=kernel_init, **meta_i, **dense)
         self.dense_h = Linear(
-            hidden_features, 4 * hidden_features, kernel_init=recurrent_kernel_init, bias_init=bias_init, **dense
+            hidden_features, 4 * hidden_features, kernel_init=recurrent_kernel_init, bias_init=bias_init,
+            bias_metadata=bias_metadata, **meta_h, **dense,
         )
 
     def __call__(self, carry: tuple, inputs: jax.Array) -> tuple[tuple, jax.Array]:
@@ -304,16 +341,27 @@ class GRUCell(RNNCellBase):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         carry_init: Initializer | None = None,
+        promote_dtype: Callable = dtypes.promote_dtype,
         keep_rngs: bool = False,
-        ctx: Context,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        kernel_metadata: Mapping[str, Any] | None = None,
+        recurrent_kernel_metadata: Mapping[str, Any] | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, type(self).__name__, required=True)
         _cell_common(self, in_features, hidden_features, dtype, param_dtype, carry_init, keep_rngs, ctx)
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
-        dense = dict(dtype=dtype, param_dtype=param_dtype, ctx=ctx)
-        self.dense_i = Linear(in_features, 3 * hidden_features, kernel_init=kernel_init, bias_init=bias_init, **dense)
+        dense = dict(dtype=dtype, param_dtype=param_dtype, promote_dtype=promote_dtype, ctx=ctx)
+        meta_i = dict(kernel_metadata=kernel_metadata)
+        meta_h = dict(kernel_metadata=recurrent_kernel_metadata)
+        self.dense_i = Linear(
+            in_features, 3 * hidden_features, kernel_init=kernel_init, bias_init=bias_init, bias_metadata=bias_metadata,
+            **meta_i, **dense,
+        )
         self.dense_h = Linear(
-            hidden_features, 3 * hidden_features, use_bias=False, kernel_init=recurrent_kernel_init, **dense
+            hidden_features, 3 * hidden_features, use_bias=False, kernel_init=recurrent_kernel_init, **meta_h, **dense
         )
 
     def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -379,6 +427,10 @@ class RNN(Module):
         ``seq_lengths``, stays at the end).
       keep_order: with ``reverse``, give outputs back in input order.
       unroll: steps unrolled per loop iteration (``jax.lax.scan``'s ``unroll``).
+      state_axes: ``{filter: axis}`` for the cell's state in the scan (default:
+        all carried; an int scans stacked state along that axis).
+      broadcast_rngs: a filter of RNG streams not split per step (one stream
+        carried through the steps).
       rngs: an optional Context or RngStream for carry initializers that need keys.
 
     Call arguments (``initial_carry``, ``seq_lengths``, ``rngs`` and overrides of
@@ -397,9 +449,18 @@ class RNN(Module):
         reverse: bool = False,
         keep_order: bool = False,
         unroll: int = 1,
+        state_axes: Mapping[Any, Any] | None = None,
+        broadcast_rngs: filterlib.Filter = None,
         rngs: Context | RngStream | None = None,
     ):
         self.cell = cell
+        # The cell's entry in scan's in_axes: carried (None) unless state_axes says otherwise. Its RNG
+        # streams are split per step, except those matching broadcast_rngs (one stream carried through).
+        entry = {}
+        if broadcast_rngs is not None:
+            entry[filterlib.All(RngState, broadcast_rngs)] = None
+        entry.update(state_axes or {})
+        self.cell_axes = tuple(entry.items()) if entry else None
         self.time_major = time_major
         self.return_carry = return_carry
         self.reverse = reverse
@@ -444,7 +505,8 @@ class RNN(Module):
             return carry, ((carry, y) if keep_carries else y)
 
         out_axes = (Carry, (0, time_axis)) if keep_carries else (Carry, time_axis)
-        run = scan(step, in_axes=(None, Carry, time_axis), out_axes=out_axes, unroll=self.unroll)
+        cell_entry = None if self.cell_axes is None else {**dict(self.cell_axes), ...: None}
+        run = scan(step, in_axes=(cell_entry, Carry, time_axis), out_axes=out_axes, unroll=self.unroll)
         carry, outputs = run(self.cell, carry, inputs)
         if keep_carries:
             carries, outputs = outputs

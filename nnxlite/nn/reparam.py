@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from nnxlite import filters as filterlib
+from nnxlite._rngs_arg import one_rng_arg
 from nnxlite.graph import iter_graph
 from nnxlite.module import Dict, Module
-from nnxlite.nn import initializers
+from nnxlite.nn import dtypes, initializers
 from nnxlite.nn.dtypes import result_dtype
 from nnxlite.nn.initializers import Initializer
 from nnxlite.nn.normalization import _axes, _static_axes
@@ -86,7 +87,8 @@ class WeightNorm(Module):
       epsilon: added to the squared norm.
       dtype, param_dtype: computation dtype of the normalized weights; storage dtype of the scales.
       variable_filter: which Params to normalize (paths containing ``'kernel'``).
-      ctx: a Context for the scales' keys (optional with the default ``ones`` init).
+      promote_dtype: casts ``(weight, scale)`` before normalizing.
+      ctx (or rngs): a Context for the scales' keys (optional with the default ``ones`` init).
 
     Difference from flax.nnx: flax stores the scales as plain arrays (not
     trained by ``nnx.Optimizer``); here they are Params.
@@ -103,8 +105,12 @@ class WeightNorm(Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         variable_filter: filterlib.Filter = filterlib.PathContains("kernel"),
+        promote_dtype: Any = dtypes.promote_dtype,
         ctx: Context | None = None,
+        rngs: Context | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, "WeightNorm")
+        self.promote_dtype = promote_dtype
         self.layer_instance = layer_instance
         self.feature_axes = () if feature_axes is None else _static_axes(feature_axes)
         self.use_scale = use_scale
@@ -134,13 +140,14 @@ class WeightNorm(Module):
             w = v.value
             feature_axes = self._feature_axes(w.ndim)
             reduction_axes = tuple(a for a in range(w.ndim) if a not in feature_axes)
-            w_bar = _l2_normalize(w, axis=reduction_axes, eps=self.epsilon)
-            parts = [w]
             if self.use_scale:
                 key = _key(path)
                 if key not in self.scales:
                     raise _missing("WeightNorm", key)
-                scale = self.scales[key].value
+                w, scale = self.promote_dtype((w, self.scales[key].value), dtype=self.dtype)
+            w_bar = _l2_normalize(w, axis=reduction_axes, eps=self.epsilon)
+            parts = [w]
+            if self.use_scale:
                 shape = [w.shape[a] if a in feature_axes else 1 for a in range(w.ndim)]
                 w_bar = w_bar * scale.reshape(shape)
                 parts.append(scale)
@@ -178,7 +185,7 @@ class SpectralNorm(Module):
       dtype, param_dtype: computation dtype of the normalized weights; storage dtype of ``u``/``sigma``.
       error_on_non_matrix: raise for weights with more than two axes instead of flattening them.
       update_stats: the default for the call's ``update_stats``.
-      ctx: the Context giving the ``params`` keys for the initial ``u``.
+      ctx (or rngs): the Context giving the ``params`` keys for the initial ``u``.
     """
 
     def __init__(
@@ -191,8 +198,10 @@ class SpectralNorm(Module):
         param_dtype: Any = jnp.float32,
         error_on_non_matrix: bool = False,
         update_stats: bool = True,
-        ctx: Context,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, "SpectralNorm", required=True)
         self.layer_instance = layer_instance
         self.n_steps = n_steps
         self.epsilon = epsilon
