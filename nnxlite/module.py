@@ -27,9 +27,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from nnxlite import _epoch
 from nnxlite import filters as filterlib
 from nnxlite import graph
+from nnxlite.pytree import Dict, List, Pytree
 from nnxlite.state import State
 from nnxlite.variables import Variable
 
@@ -38,155 +38,8 @@ __all__ = ["Module", "List", "Dict"]
 M = TypeVar("M", bound="Module")
 
 
-def _track(value: Any) -> Any:
-    """Turn plain lists/dicts (also inside tuples) into their tracked versions."""
-    t = type(value)
-    if t is list:
-        return List(value)
-    if t is dict:
-        return Dict(value)
-    if t is tuple and any(type(v) in (list, dict, tuple) for v in value):
-        return tuple(_track(v) for v in value)
-    return value
-
-
-class List(list):
-    """A ``list`` that tells graph caches when it changes. Created automatically."""
-
-    __slots__ = ()
-
-    def __init__(self, iterable=()):
-        list.__init__(self, (_track(v) for v in iterable))
-
-    def __setitem__(self, index, value):
-        value = [_track(v) for v in value] if isinstance(index, slice) else _track(value)
-        list.__setitem__(self, index, value)
-        _epoch.bump()
-
-    def __delitem__(self, index):
-        list.__delitem__(self, index)
-        _epoch.bump()
-
-    def __iadd__(self, other):
-        list.extend(self, (_track(v) for v in other))
-        _epoch.bump()
-        return self
-
-    def __imul__(self, n):
-        list.__imul__(self, n)
-        _epoch.bump()
-        return self
-
-    def append(self, value):
-        list.append(self, _track(value))
-        _epoch.bump()
-
-    def extend(self, values):
-        list.extend(self, (_track(v) for v in values))
-        _epoch.bump()
-
-    def insert(self, index, value):
-        list.insert(self, index, _track(value))
-        _epoch.bump()
-
-    def pop(self, index=-1):
-        out = list.pop(self, index)
-        _epoch.bump()
-        return out
-
-    def remove(self, value):
-        for i, v in enumerate(self):
-            if v is value:
-                del self[i]
-                return
-        list.remove(self, value)
-        _epoch.bump()
-
-    def clear(self):
-        list.clear(self)
-        _epoch.bump()
-
-    def sort(self, *args, **kwargs):
-        list.sort(self, *args, **kwargs)
-        _epoch.bump()
-
-    def reverse(self):
-        list.reverse(self)
-        _epoch.bump()
-
-    def __reduce_ex__(self, protocol):
-        return (List, (list(self),))
-
-
-class Dict(dict):
-    """A ``dict`` that tells graph caches when it changes. Created automatically."""
-
-    __slots__ = ()
-
-    def __init__(self, *args, **kwargs):
-        dict.__init__(self, *args, **kwargs)
-        for k, v in dict.items(self):
-            dict.__setitem__(self, k, _track(v))
-
-    def __setitem__(self, key, value):
-        dict.__setitem__(self, key, _track(value))
-        _epoch.bump()
-
-    def __delitem__(self, key):
-        dict.__delitem__(self, key)
-        _epoch.bump()
-
-    def __ior__(self, other):
-        self.update(other)
-        return self
-
-    def update(self, *args, **kwargs):
-        for k, v in dict(*args, **kwargs).items():
-            dict.__setitem__(self, k, _track(v))
-        _epoch.bump()
-
-    def setdefault(self, key, default=None):
-        if key not in self:
-            self[key] = default
-        return dict.__getitem__(self, key)
-
-    def pop(self, *args):
-        out = dict.pop(self, *args)
-        _epoch.bump()
-        return out
-
-    def popitem(self):
-        out = dict.popitem(self)
-        _epoch.bump()
-        return out
-
-    def clear(self):
-        dict.clear(self)
-        _epoch.bump()
-
-    def __reduce_ex__(self, protocol):
-        return (Dict, (dict(self),))
-
-
-class Module:
+class Module(Pytree):
     """Base class for layers and models. See the module docstring for an example."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        current = self.__dict__.get(name, _MISSING)
-        if current is value:
-            return  # e.g. `self.count += 1` re-assigns the same Variable: not structural
-        object.__setattr__(self, name, _track(value))
-        _epoch.bump()
-
-    def __delattr__(self, name: str) -> None:
-        object.__delattr__(self, name)
-        _epoch.bump()
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_nnx_")}
-
-    def __setstate__(self, state):
-        object.__setattr__(self, "__dict__", dict(state))
 
     # -- the seed-003 spelling of the graph operations ---------------------------
     def partition(self: M, *filters: filterlib.Filter) -> tuple[Any, graph.GraphDef]:
@@ -298,8 +151,4 @@ class Module:
 
         return display.render_module(self, path, subtree_renderer)
 
-
-_MISSING = object()
-
-graph.register_node_base(Module)
 

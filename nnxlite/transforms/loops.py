@@ -16,7 +16,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from nnxlite import graph
+from nnxlite import graph as graphlib
+from nnxlite.transforms.modes import check_mode
 from nnxlite.transforms._lift import (
     _KEEP,
     _SPLIT,
@@ -55,6 +56,8 @@ def scan(
     length: int | None = None,
     reverse: bool = False,
     unroll: int | bool = 1,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Callable:
     """``jax.lax.scan`` for functions of modules: run a stack of layers, or a loop.
 
@@ -86,7 +89,11 @@ def scan(
     (the state is stacked or carried); create them before.
     """
     if f is None:
-        return functools.partial(scan, in_axes=in_axes, out_axes=out_axes, length=length, reverse=reverse, unroll=unroll)
+        return functools.partial(
+            scan, in_axes=in_axes, out_axes=out_axes, length=length, reverse=reverse, unroll=unroll,
+            graph=graph, graph_updates=graph_updates,
+        )
+    check_mode(graph, graph_updates, "nnx.scan")
     what = "nnx.scan"
     allowed = (int, None, Carry, _SPLIT)
 
@@ -237,7 +244,7 @@ def _loop_parts(what: str, init_val: Any):
                 f"loop carry), with the same modules in the same places; got {out_treedef} for {treedef}."
             )
         if pre is not None:
-            post = graph._traverse(roots)
+            post = graphlib._traverse(roots)
             if post.graphdef != pre.graphdef:
                 raise ValueError(
                     f"{what}: the body changed the structure of a module in the carry (added, removed or "
