@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _EMPTY_METADATA: dict[str, Any] = {}
+_set_class = object.__dict__["__class__"].__set__
 
 
 def _flatten_variable(v: "Variable"):
@@ -110,6 +111,18 @@ class Variable(metaclass=_VariableMeta):
             value = value.raw_value
         self.raw_value = value
         self._metadata = metadata if metadata else _EMPTY_METADATA
+
+    # ``v.__class__ = Param`` changes what filters and GraphDefs see, so it is a
+    # structural edit. Reading goes through this property too; it answers what
+    # ``type(v)`` does.
+    @property
+    def __class__(self):
+        return type(self)
+
+    @__class__.setter
+    def __class__(self, cls):
+        _set_class(self, cls)
+        _epoch.bump()
 
     # -- value and metadata ------------------------------------------------
     @property
@@ -288,19 +301,25 @@ def _read(v: "Variable") -> Any:
 
 def _check_live(v: "Variable", x: Any) -> None:
     """Raise TracerLeakError if ``x`` belongs to a trace that is not running any more."""
+    if _tracer_is_dead(x):
+        raise TracerLeakError(_leak_message(v, x))
+
+
+def _tracer_is_dead(x: Any) -> bool:
+    """Does the tracer ``x`` provably belong to a JAX trace that has finished?"""
     trace = getattr(x, "_trace", None)
     t = getattr(_trace_ctx, "trace", None)
     if trace is None or t is None:
-        return  # not a trace we can judge (or a jax without this API): let JAX decide
+        return False  # not a trace we can judge (or a jax without this API): let JAX decide
     depth = 0
     while t is not None:  # the running traces: the current one and its parents
         if t is trace:
-            return
+            return False
         t, depth = getattr(t, "parent_trace", None), depth + 1
     is_valid = getattr(trace, "is_valid", None)
     if depth > 1 and (is_valid is None or is_valid()):
-        return  # inside some other transformation and not provably dead: JAX will judge
-    raise TracerLeakError(_leak_message(v, x))
+        return False  # inside some other transformation and not provably dead: JAX will judge
+    return True
 
 
 def _leak_message(v: "Variable", x: Any) -> str:
