@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from nnxlite.module import Module
-from nnxlite.variables import RngCount, RngKey
+from nnxlite.variables import RngCount, RngKey, _check_not_closed_over
 
 __all__ = ["Context", "Rngs", "RngStream", "ContextDef", "context"]
 
@@ -55,6 +55,7 @@ class RngStream(Module):
         self.count = RngCount(jnp.asarray(count, dtype=jnp.uint32))
 
     def __call__(self) -> jax.Array:
+        _check_not_closed_over(self.count, "A random stream")
         count = self.count.raw_value
         key = jax.random.fold_in(self.key.raw_value, count)
         self.count.value = count + 1

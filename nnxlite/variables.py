@@ -322,6 +322,45 @@ def _tracer_is_dead(x: Any) -> bool:
     return True
 
 
+try:  # the staging trace type is private in jax 0.10; without it closed-over draws go undetected
+    from jax._src.interpreters.partial_eval import DynamicJaxprTrace as _StagingTrace
+except ImportError:  # pragma: no cover
+    _StagingTrace = None
+
+
+def _staging() -> bool:
+    """Is a staging JAX trace (jit, scan, cond, eval_shape, ...) running in this thread?"""
+    t = getattr(_trace_ctx, "trace", None)
+    if _StagingTrace is None:
+        return False
+    while t is not None:
+        if isinstance(t, _StagingTrace):
+            return True
+        t = getattr(t, "parent_trace", None)
+    return False
+
+
+def _check_not_closed_over(counter: "Variable", what: str) -> None:
+    """Refuse to advance a concrete counter inside a staging trace.
+
+    A counter that is still a concrete array inside ``jit`` (or ``scan``,
+    ``eval_shape``, ...) was neither passed in nor created there: the
+    function closed over it. Its update would leak a tracer, and the key
+    drawn from it would be a constant baked into the compiled function,
+    the same on every call.
+    """
+    if not isinstance(counter.raw_value, _Tracer) and _staging():
+        hint = getattr(counter, "_nnx_path", None)
+        where = "/".join(map(str, hint[1])) if hint is not None and hint[1] else "<unknown path>"
+        raise TracerLeakError(
+            f"{what} (counter at {where}) was used inside a JAX transformation (jit, scan, eval_shape, ...) "
+            "that closed over it instead of taking it as an argument: every call of the compiled function "
+            "would get the same key, and the counter would be left holding a tracer. Fix: pass the Context "
+            "(or the module holding it) as an argument to the nnx transform (nnx.jit(f)(model, ctx, ...)), "
+            "or split it with nnx.split and merge it inside."
+        )
+
+
 def _leak_message(v: "Variable", x: Any) -> str:
     hint = getattr(v, "_nnx_path", None)
     if hint is not None:
