@@ -9,7 +9,6 @@
 
 from nnxlite import filters
 from nnxlite import display
-from nnxlite.autodiff import grad, value_and_grad
 from nnxlite.filters import All, Any, Not, PathContains
 from nnxlite.graph import GraphDef, ModuleDef, clone, graphdef, iter_graph, merge, pop, split, state, update
 from nnxlite.module import Dict, List, Module
@@ -48,6 +47,6 @@ from nnxlite.training.optimizer import Optimizer
 from nnxlite import checkpoint
 from nnxlite.checkpoint import restore, save
 from nnxlite import transforms
-from nnxlite.transforms import Carry, cond, eval_shape, jit, remat, scan, switch, vmap
+from nnxlite.transforms import Carry, cond, eval_shape, grad, jit, remat, scan, switch, value_and_grad, vmap
 
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@ checked to be well-formed.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -26,6 +27,8 @@ def run_example(name: str, out: Path) -> str:
     proc = subprocess.run(
         [sys.executable, f"examples/{name}.py", "--smoke", "--out", str(out)],
         cwd=ROOT,
+        # This checkout's nnxlite, whether or not (and wherever) the package is installed.
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
         capture_output=True,
         text=True,
         timeout=600,

@@ -174,7 +174,8 @@ def test_sharded_init_and_transform_init_with_out_shardings():
         b = nnx.sharded_init(lambda: Block(ctx=nnx.context(0)), mesh)
     assert b.w_in.value.sharding == NamedSharding(mesh, P(None, "model"))
     assert b.stat.value.sharding == NamedSharding(mesh, P("model"))
-    np.testing.assert_array_equal(b.w_in.value, Block(ctx=nnx.context(0)).w_in.value)
+    # Compiled and eager initializers may differ in the last bit (XLA fuses the scaling differently).
+    np.testing.assert_allclose(b.w_in.value, Block(ctx=nnx.context(0)).w_in.value, rtol=1e-6, atol=1e-7)
     assert b.w_in.sharding == ("embed", "mlp")
     # The same through transform: init_fn redraws under jit with out_shardings.
     init_fn, _ = nnx.transform(Block(ctx=nnx.context(0)))

@@ -1,4 +1,4 @@
-"""``grad`` and ``value_and_grad`` that take modules as arguments.
+"""``grad``, ``value_and_grad`` and ``remat`` that take modules as arguments.
 
 For each differentiated argument that is a module (or any graph node), the
 gradient is a :class:`~nnxlite.State` holding one entry per Variable matching
@@ -34,11 +34,11 @@ from typing import Any
 import jax
 
 from nnxlite import filters as filterlib
-from nnxlite import transforms as _t
 from nnxlite.state import StateStructure, _new_state, path_sort_key
+from nnxlite.transforms._lift import _KEEP, _apply, _enter, _finish, _Inputs, _leave, _pure, _RootsCache, _scatter
 from nnxlite.variables import Param, Variable
 
-__all__ = ["grad", "value_and_grad"]
+__all__ = ["grad", "value_and_grad", "remat"]
 
 
 def value_and_grad(
@@ -97,7 +97,7 @@ class _Plan:
         self.arg_grads = arg_grads  # per argnum: (treedef, [("var", [k...], structure) | ("other", k)])
 
 
-def _plan(inputs: _t._Inputs, argnums: tuple, wrt) -> _Plan:
+def _plan(inputs: _Inputs, argnums: tuple, wrt) -> _Plan:
     pred = filterlib.to_predicate(wrt)
     flat = inputs.flat
     args_td, _ = inputs.treedef.children()
@@ -150,7 +150,7 @@ def _plan(inputs: _t._Inputs, argnums: tuple, wrt) -> _Plan:
 def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
     multiple = not isinstance(argnums, int)
     argnums_t = tuple(argnums) if multiple else (argnums,)
-    cache = _t._RootsCache()
+    cache = _RootsCache()
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
@@ -161,7 +161,7 @@ def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
                     "arguments were given."
                 )
         nums = tuple(i % len(args) for i in argnums_t)
-        inputs = _t._Inputs(args, kwargs, cache)
+        inputs = _Inputs(args, kwargs, cache)
         plan = _plan(inputs, nums, wrt)
         leaves = inputs.leaves()
         others = inputs.others
@@ -175,7 +175,7 @@ def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
             other = list(others)
             for k, x in zip(plan.diff_others, diff_others):
                 other[k] = x
-            a, kw, roots, pre = _t._enter(gd, inputs.treedef, inputs.mask, state, other)
+            a, kw, roots, pre = _enter(gd, inputs.treedef, inputs.mask, state, other)
             out = f(*a, **kw)
             if has_aux:
                 if not (isinstance(out, tuple) and len(out) == 2):
@@ -186,7 +186,7 @@ def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
                 value, aux = out
             else:
                 value, aux = out, None
-            aligned, extra, plain, meta = _t._leave(pre, roots, aux, state)
+            aligned, extra, plain, meta = _leave(pre, roots, aux, state)
             # Only values that changed travel out: unchanged Variables need no write-back.
             changed = [j for j, (new, old) in enumerate(zip(aligned, state)) if new is not old]
             cell[:] = [meta, changed]
@@ -202,8 +202,8 @@ def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
             for j, x in zip(changed, new_values):
                 variables[j].raw_value = x
         else:
-            aligned = _t._scatter(len(variables), _t._KEEP, (changed, new_values))
-            aux = _t._apply(meta, aligned, extra, aux, inputs.flat)
+            aligned = _scatter(len(variables), _KEEP, (changed, new_values))
+            aux = _apply(meta, aligned, extra, aux, inputs.flat)
         grads = []
         for treedef, parts in plan.arg_grads:
             leaves_out = []
@@ -222,5 +222,56 @@ def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
         if with_value:
             return value, grads
         return (grads, aux) if has_aux else grads
+
+    return wrapper
+
+
+def remat(
+    f: Callable | None = None,
+    *,
+    prevent_cse: bool = True,
+    static_argnums: int | Sequence[int] = (),
+    policy: Callable | None = None,
+) -> Callable:
+    """``jax.checkpoint`` (rematerialization) for functions of modules.
+
+    Activations inside ``f`` are recomputed in the backward pass instead of
+    stored; module updates made inside still come out.
+
+    >>> import jax, jax.numpy as jnp, nnxlite as nnx
+    >>> model = nnx.Linear(2, 2, ctx=nnx.context(0))
+    >>> block = nnx.remat(lambda m, x: jax.nn.relu(m(x)))
+    >>> grads = nnx.grad(lambda m: block(m, jnp.ones((1, 2))).sum())(model)
+    >>> grads["kernel"].shape
+    (2, 2)
+
+    Args:
+      f: the function (or use ``@nnx.remat(...)``).
+      prevent_cse, policy: as in ``jax.checkpoint``.
+      static_argnums: arguments passed through as Python values.
+    """
+    if f is None:
+        return functools.partial(remat, prevent_cse=prevent_cse, static_argnums=static_argnums, policy=policy)
+    statics = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        n = len(args)
+        static_pos = {i + n if i < 0 else i for i in statics}
+        static_vals = {i: args[i] for i in static_pos if 0 <= i < n}
+        dargs = tuple(None if i in static_vals else x for i, x in enumerate(args))
+        inputs = _Inputs(dargs, kwargs)
+
+        def put_static(a, kw):
+            a = list(a)
+            for i, s in static_vals.items():
+                a[i] = s
+            return tuple(a), kw
+
+        run = _pure(f, inputs, static=put_static if static_vals else None)
+        aligned, extra, out, meta = jax.checkpoint(run, prevent_cse=prevent_cse, policy=policy)(
+            inputs.leaves(), inputs.others
+        )
+        return _finish(inputs, aligned, extra, out, meta)
 
     return wrapper

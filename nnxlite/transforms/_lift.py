@@ -1,0 +1,665 @@
+"""The lifting core shared by every transform: modules in and out of pure JAX functions.
+
+A lifted transform does three things around its JAX namesake, and all three
+live here:
+
+1. **Enter.** :class:`_Inputs` finds the graph nodes (modules, Variables,
+   tracked lists/dicts) anywhere in a call's pytree arguments and traverses
+   them jointly (:class:`_RootsCache` reuses that traversal between calls);
+   inside the JAX function :func:`_enter` rebuilds fresh objects from the
+   Variable values.
+2. **Leave and write back.** :func:`_leave` (inside) reports the new Variable
+   values and, only when needed, a :class:`_Meta` describing structural
+   changes and modules in the output; :func:`_apply`/:func:`_finish`
+   (outside) replay that onto the caller's objects.
+3. **Axis specs and RNG splitting** (``vmap``, ``scan`` and friends):
+   :func:`_call_entries` matches ``in_axes``-style prefixes to arguments,
+   :func:`_state_specs` resolves each Variable's axis (``{filter: axis}``
+   dicts), and :func:`_split_streams`/:func:`_draw_split_keys` give each
+   lane or step its own RNG keys. :data:`Carry` marks scan's carry.
+
+Each transform module (``jit.py``, ``mapping.py``, ``loops.py``,
+``control.py``, ``autodiff.py``, ``shapes.py``) holds only what its JAX
+transform needs on top of this.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nnxlite import _epoch
+from nnxlite import filters as filterlib
+from nnxlite import graph
+from nnxlite.module import Dict as _TrackedDict
+from nnxlite.module import List as _TrackedList
+from nnxlite.rng import RngStream
+from nnxlite.state import _fmt_path
+from nnxlite.variables import (
+    _EMPTY_METADATA,
+    RngState,
+    TracerLeakError,
+    Variable,
+    _check_live,
+    _make,
+)
+
+__all__ = ["Carry"]
+
+_Tracer = jax.core.Tracer
+_tree_flatten = jax.tree_util.tree_flatten
+_tree_unflatten = jax.tree_util.tree_unflatten
+_OBJECT, _LIST, _DICT, _TUPLE = graph.OBJECT, graph.LIST, graph.DICT, graph.TUPLE
+_STATIC, _VAR, _NODE = graph.STATIC, graph.VAR, graph.NODE
+
+
+# =====================================================================================
+# Graph nodes inside pytrees
+# =====================================================================================
+def _is_node(x: Any) -> bool:
+    """Objects the transforms treat as graph roots: modules, Variables, tracked lists/dicts."""
+    return isinstance(x, (Variable, _TrackedList, _TrackedDict)) or isinstance(x, graph._NODE_BASES)
+
+
+class _RootsCache:
+    """The joint traversal of a call's graph roots, reused while identities and epoch match.
+
+    Identities are checked through weak references (the cached traversal itself
+    still holds the objects until the next call replaces it); roots that cannot
+    be weakly referenced (tracked lists) simply disable the cache.
+    """
+
+    __slots__ = ("_refs", "_flat")
+
+    def __init__(self):
+        self._refs: tuple = ()
+        self._flat = None
+
+    def get(self, roots: tuple) -> graph._Flat:
+        flat = self._flat
+        refs = self._refs
+        if flat is not None and flat.epoch == _epoch._current and len(refs) == len(roots):
+            for r, o in zip(refs, roots):
+                if r() is not o:
+                    break
+            else:
+                return flat
+        flat = graph.flatten_roots(roots)
+        try:
+            self._refs = tuple(weakref.ref(o) for o in roots)
+            self._flat = flat
+        except TypeError:
+            self._refs, self._flat = (), None
+        return flat
+
+
+class _Inputs:
+    """A call's arguments: pytree structure, graph roots and the other leaves."""
+
+    __slots__ = ("treedef", "mask", "roots", "others", "flat")
+
+    def __init__(self, args: tuple, kwargs: dict, cache: _RootsCache | None = None):
+        leaves, self.treedef = _tree_flatten((args, kwargs), is_leaf=_is_node)
+        self.mask = tuple(_is_node(x) for x in leaves)
+        self.roots = tuple(x for x, m in zip(leaves, self.mask) if m)
+        self.others = [x for x, m in zip(leaves, self.mask) if not m]
+        if self.roots:
+            self.flat = cache.get(self.roots) if cache is not None else graph.flatten_roots(self.roots)
+        else:
+            self.flat = None
+
+    @property
+    def variables(self) -> list:
+        return self.flat.variables if self.flat is not None else []
+
+    @property
+    def graphdef(self) -> graph.GraphDef | None:
+        return self.flat.graphdef if self.flat is not None else None
+
+    def leaves(self) -> list:
+        """The current values of every Variable, in traversal order."""
+        return [v.raw_value for v in self.variables]
+
+    def root_positions(self) -> list[int]:
+        """Leaf position (in the flattened arguments) of each root."""
+        return [i for i, m in enumerate(self.mask) if m]
+
+
+def _enter(gd, treedef, mask, state_leaves, others):
+    """Inside a transform: fresh objects from the leaves, and the call's arguments rebuilt."""
+    if gd is not None:
+        roots = graph._build(gd, list(state_leaves))
+        pre = graph._traverse(roots)
+    else:
+        roots, pre = (), None
+    it_r, it_o = iter(roots), iter(others)
+    leaves = [next(it_r) if m else next(it_o) for m in mask]
+    args, kwargs = _tree_unflatten(treedef, leaves)
+    return args, kwargs, roots, pre
+
+
+def _scatter(n: int, fill: Any, *groups: tuple) -> list:
+    """A list of ``n`` entries, ``fill`` except at the indices of each ``(indices, values)`` group."""
+    out = [fill] * n
+    for indices, values in groups:
+        for j, x in zip(indices, values):
+            out[j] = x
+    return out
+
+
+# =====================================================================================
+# What a function did to its module arguments: _leave (inside) and _apply (outside)
+# =====================================================================================
+class _Meta:
+    """Static description of the graph after the function ran (only when it is not trivial).
+
+    ``graphdef`` is the joint graph of the input roots followed by the module
+    outputs; ``node_origin``/``var_origin`` map each of its nodes/Variables to
+    the input node/Variable it was (``-1``: created inside). It is hashable and
+    a pytree with no leaves, so it can be returned from ``jax.jit`` and
+    compared by ``jax.lax.cond``.
+    """
+
+    __slots__ = (
+        "graphdef",
+        "node_origin",
+        "var_origin",
+        "node_changed",
+        "var_meta_changed",
+        "out_treedef",
+        "out_node_pos",
+        "n_in",
+        "in_changed",
+        "_hash",
+    )
+
+    def __init__(self, graphdef, node_origin, var_origin, node_changed, var_meta_changed, out_treedef, out_node_pos, n_in, in_changed):
+        self.graphdef = graphdef
+        self.node_origin = node_origin
+        self.var_origin = var_origin
+        self.node_changed = node_changed
+        self.var_meta_changed = var_meta_changed
+        self.out_treedef = out_treedef
+        self.out_node_pos = out_node_pos
+        self.n_in = n_in
+        self.in_changed = in_changed
+        self._hash = hash((graphdef, node_origin, var_origin, node_changed, out_treedef, out_node_pos, n_in))
+
+    def _key(self):
+        return (
+            self.graphdef,
+            self.node_origin,
+            self.var_origin,
+            self.node_changed,
+            self.var_meta_changed,
+            self.out_treedef,
+            self.out_node_pos,
+            self.n_in,
+            self.in_changed,
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return self is other or (isinstance(other, _Meta) and self._hash == other._hash and self._key() == other._key())
+
+    def new_var_indices(self) -> list[int]:
+        return [j for j, o in enumerate(self.var_origin) if o < 0]
+
+    def __repr__(self) -> str:
+        return f"_Meta({self.graphdef!r}, in_changed={self.in_changed}, outputs={len(self.out_node_pos)})"
+
+
+jax.tree_util.register_pytree_node(_Meta, lambda m: ((), m), lambda m, _: m)
+
+
+def _same_static(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:
+        return False
+
+
+def _leave(pre, roots: tuple, out: Any, in_leaves: list):
+    """After the function: new values of the input Variables, plus what else changed.
+
+    Returns ``(aligned, extra, out, meta)``: ``aligned[j]`` is the new value
+    of input Variable ``j`` (its old value if it left the graph); in the
+    common case (same structure, no module in the output) ``extra`` is empty,
+    ``out`` is the function's output and ``meta`` is None. Otherwise ``extra``
+    holds the values of Variables created inside, ``out`` is the output's
+    leaf list with modules replaced by None, and ``meta`` a :class:`_Meta`.
+    """
+    out_leaves, out_treedef = _tree_flatten(out, is_leaf=_is_node)
+    node_pos = tuple(i for i, x in enumerate(out_leaves) if _is_node(x))
+    post_in = graph._traverse(roots) if pre is not None else None
+    same = pre is None or post_in.graphdef == pre.graphdef
+    if same and not node_pos:
+        return ([v.raw_value for v in post_in.variables] if pre is not None else []), [], out, None
+    joint = tuple(roots) + tuple(out_leaves[i] for i in node_pos)
+    post = graph._traverse(joint)
+    if pre is not None:
+        node_ids = {id(o): i for i, o in enumerate(pre.node_objects)}
+        var_ids = {id(v): j for j, v in enumerate(pre.variables)}
+        pre_gd = pre.graphdef
+    else:
+        node_ids, var_ids, pre_gd = {}, {}, None
+    node_origin = [node_ids.get(id(o), -1) for o in post.node_objects]
+    node_origin[0] = -1  # the synthetic tuple of roots and outputs
+    node_origin = tuple(node_origin)
+    var_origin = tuple(var_ids.get(id(v), -1) for v in post.variables)
+    gd = post.graphdef
+    node_changed = []
+    for i, (_, _, items) in enumerate(gd.nodes):
+        o = node_origin[i]
+        if o < 0:
+            node_changed.append(True)
+            continue
+        old_items = pre_gd.nodes[o][2]
+        changed = len(items) != len(old_items)
+        if not changed:
+            for (k, tag, p), (k0, tag0, p0) in zip(items, old_items):
+                if k != k0 or tag != tag0:
+                    changed = True
+                elif tag == _STATIC:
+                    changed = not _same_static(p, p0)
+                elif tag == _VAR:
+                    changed = var_origin[p] != p0
+                else:
+                    changed = node_origin[p] != p0
+                if changed:
+                    break
+        node_changed.append(changed)
+    var_meta_changed = tuple(
+        o >= 0 and gd.vardefs[j] != pre_gd.vardefs[o] for j, o in enumerate(var_origin)
+    )
+    aligned = list(in_leaves)
+    extra = []
+    for v, o in zip(post.variables, var_origin):
+        if o >= 0:
+            aligned[o] = v.raw_value
+        else:
+            extra.append(v.raw_value)
+    meta = _Meta(
+        gd, node_origin, var_origin, tuple(node_changed), var_meta_changed, out_treedef, node_pos, len(roots), not same
+    )
+    plain = [None if _is_node(x) else x for x in out_leaves]
+    return aligned, extra, plain, meta
+
+
+class _Keep:
+    """Marks an input Variable whose value must not be written back."""
+
+    def __repr__(self) -> str:
+        return "<keep>"
+
+
+_KEEP = _Keep()
+
+
+def _apply(meta: _Meta, aligned: Sequence, extra: Sequence, plain: list, outer: graph._Flat | None) -> Any:
+    """Outside: replay on the caller's objects what the function did, and build its output.
+
+    Writes values (``_KEEP`` entries are skipped), rewrites the attributes of
+    caller objects whose structure changed, creates the objects made inside,
+    and returns the output with caller objects where inputs were returned.
+    """
+    gd = meta.graphdef
+    outer_vars = outer.variables if outer is not None else ()
+    outer_nodes = outer.node_objects if outer is not None else ()
+    var_specs, node_specs, _ = graph._plan(gd)
+    structural = False
+    variables = []
+    it_extra = iter(extra)
+    for j, (t, md) in enumerate(var_specs):
+        o = meta.var_origin[j]
+        if o >= 0:
+            v = outer_vars[o]
+            x = aligned[o]
+            if x is not _KEEP:
+                v.raw_value = x
+            if meta.var_meta_changed[j]:
+                v._metadata = dict(md) if md else _EMPTY_METADATA
+                structural = True
+        else:
+            v = _make(t, next(it_extra), md)
+        variables.append(v)
+    objs: list = [None] * len(node_specs)
+    for i, (t, kind, *_rest) in enumerate(node_specs):
+        o = meta.node_origin[i]
+        if o >= 0:
+            objs[i] = outer_nodes[o]
+        elif kind == _OBJECT:
+            objs[i] = object.__new__(t)
+        elif kind == _LIST:
+            objs[i] = list.__new__(t)
+        elif kind == _DICT:
+            objs[i] = dict.__new__(t)
+
+    def node(i: int) -> Any:  # tuples are immutable: built on demand, children first
+        obj = objs[i]
+        if obj is None:
+            t, _, template, var_slots, node_slots = node_specs[i]
+            values = list(template.values())
+            for key, j in var_slots:
+                values[key] = variables[j]
+            for key, j in node_slots:
+                values[key] = node(j)
+            obj = objs[i] = tuple(values) if t is tuple else t(*values)
+        return obj
+
+    for i, (t, kind, template, var_slots, node_slots) in enumerate(node_specs):
+        if kind == _TUPLE:
+            node(i)
+            continue
+        existing = meta.node_origin[i] >= 0
+        if existing and not meta.node_changed[i]:
+            continue
+        content = dict(template)
+        for key, j in var_slots:
+            content[key] = variables[j]
+        for key, j in node_slots:
+            content[key] = node(j)
+        obj = objs[i]
+        if existing:
+            structural = True
+        if kind == _OBJECT:
+            d = obj.__dict__
+            if existing:
+                for k in [k for k in d if k not in content]:
+                    del d[k]  # removed inside (and stale `_nnx_` caches)
+            d.update(content)
+        elif kind == _LIST:
+            list.__setitem__(obj, slice(None), list(content.values()))
+        else:
+            dict.clear(obj)
+            dict.update(obj, content)
+    if structural:
+        _epoch.bump()
+    outputs = []
+    for _, tag, payload in gd.nodes[0][2][meta.n_in :]:
+        outputs.append(variables[payload] if tag == _VAR else node(payload))
+    leaves = list(plain)
+    for pos, obj in zip(meta.out_node_pos, outputs):
+        leaves[pos] = obj
+    return _tree_unflatten(meta.out_treedef, leaves)
+
+
+def _write(variables: Sequence, values: Sequence) -> None:
+    for v, x in zip(variables, values):
+        v.raw_value = x
+
+
+def _finish(inputs: _Inputs, aligned, extra, out, meta) -> Any:
+    """Write back and build the output (common and general case)."""
+    if meta is None:
+        _write(inputs.variables, aligned)
+        return out
+    return _apply(meta, aligned, extra, out, inputs.flat)
+
+
+def _explain_leak(variables: Sequence, err: BaseException) -> None:
+    """If a Variable holds a dead tracer, raise the clear error for it instead of ``err``."""
+    for v in variables:
+        x = v.raw_value
+        if isinstance(x, _Tracer):
+            try:
+                _check_live(v, x)
+            except TracerLeakError as leak:
+                raise leak from err
+
+
+# =====================================================================================
+# Axis prefixes
+# =====================================================================================
+class _CarryType:
+    """Marks the carried argument and result of :func:`scan` in ``in_axes``/``out_axes``.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> total = nnx.scan(lambda c, x: c + x, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    >>> float(total(jnp.zeros(()), jnp.arange(4.0)))
+    6.0
+    """
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "nnx.Carry"
+
+    def __reduce__(self):
+        return (_CarryType, ())
+
+
+Carry = _CarryType()
+
+
+def _is_axis_entry(x: Any) -> bool:
+    return x is None or x is Carry or isinstance(x, (int, str, Mapping))
+
+
+
+def _one_level(x: Any):
+    return _tree_flatten(x, is_leaf=lambda y: y is not x)
+
+
+def _prefix_entries(prefix: Any, tree: Any, is_entry: Callable, what: str) -> list:
+    """One entry of ``prefix`` per leaf of ``tree`` (graph nodes count as leaves), like jax's in_axes.
+
+    A dict is an entry (``{filter: axis}``) unless it is the prefix of a dict
+    argument and all its keys are strings, in which case it matches that
+    dict key by key, as in JAX.
+    """
+    if _is_node(tree):
+        if is_entry(prefix):
+            return [prefix]
+        raise ValueError(
+            f"{what}: the entry for a {type(tree).__name__} must be an int, None or a dict "
+            f"{{filter: axis}}, got {prefix!r}."
+        )
+    structural = isinstance(prefix, Mapping) and isinstance(tree, Mapping) and all(isinstance(k, str) for k in prefix)
+    if not structural and is_entry(prefix):
+        return [prefix] * len(jax.tree_util.tree_leaves(tree, is_leaf=_is_node))
+    p_children, p_def = _one_level(prefix)
+    t_children, t_def = _one_level(tree)
+    if p_def != t_def:
+        raise ValueError(f"{what}: the spec {prefix!r} does not match the structure {t_def} of the value.")
+    out = []
+    for p, t in zip(p_children, t_children):
+        out.extend(_prefix_entries(p, t, is_entry, what))
+    return out
+
+
+def _call_entries(spec: Any, args: tuple, kwargs: dict, kw_entry: Any, is_entry: Callable, what: str) -> list:
+    """Per-leaf entries for a call, ``spec`` being one entry or a tuple with one per positional argument."""
+    if isinstance(spec, list):
+        spec = tuple(spec)
+    if isinstance(spec, tuple) and not is_entry(spec):
+        if len(spec) != len(args):
+            raise ValueError(
+                f"{what} has {len(spec)} entries but the function was called with {len(args)} positional "
+                f"arguments; give one entry per argument (or a single entry for all)."
+            )
+        entries = []
+        for p, a in zip(spec, args):
+            entries.extend(_prefix_entries(p, a, is_entry, what))
+    else:
+        entries = []
+        for a in args:
+            entries.extend(_prefix_entries(spec, a, is_entry, what))
+    for k in sorted(kwargs):
+        entries.extend(_prefix_entries(kw_entry, kwargs[k], is_entry, what))
+    return entries
+
+
+_SPLIT = "split"
+
+
+def _check_axis(ax: Any, allowed: tuple, what: str) -> Any:
+    ok = (ax is None and None in allowed) or (ax is Carry and Carry in allowed) or (ax == _SPLIT and _SPLIT in allowed) or (
+        isinstance(ax, int) and not isinstance(ax, bool) and int in allowed
+    )
+    if not ok:
+        names = ", ".join("an int" if a is int else repr(a) for a in allowed)
+        raise ValueError(f"{what}: invalid axis {ax!r}; expected one of: {names}.")
+    return ax
+
+
+def _resolve(entry: Any, path: tuple, var: Variable, default: Any, rng_default: Any, allowed: tuple, what: str) -> Any:
+    """The axis of one Variable under a module's entry (int, None, Carry or a dict of filters)."""
+    if isinstance(entry, Mapping):
+        for key, ax in entry.items():
+            if filterlib.to_predicate(key)(path, var):
+                return _check_axis(ax, allowed, what)
+        base = default
+    else:
+        base = entry
+    if rng_default is not None and isinstance(var, RngState):
+        return rng_default
+    return _check_axis(base, allowed, what)
+
+
+def _state_specs(inputs: _Inputs, entries: list, default: Any, allowed: tuple, what: str) -> list:
+    """The axis spec of each input Variable, from the entry of the argument that owns it."""
+    if inputs.flat is None:
+        return []
+    root_pos = inputs.root_positions()
+    gd = inputs.flat.graphdef
+    return [
+        _resolve(entries[root_pos[p[0]]], p[1:], v, default, _SPLIT, allowed, what)
+        for p, v in zip(gd.paths, inputs.flat.variables)
+    ]
+
+
+def _split_streams(inputs: _Inputs, specs: list, what: str) -> list[tuple[RngStream, int, int]]:
+    """The RNG streams to split: ``(stream, key index, count index)``; checks ``'split'`` use."""
+    flat = inputs.flat
+    if flat is None:
+        return []
+    index = {id(v): j for j, v in enumerate(flat.variables)}
+    streams = []
+    covered = set()
+    for obj in flat.node_objects:
+        if not isinstance(obj, RngStream):
+            continue
+        d = obj.__dict__
+        jk, jc = index.get(id(d.get("key"))), index.get(id(d.get("count")))
+        if jk is None or jc is None or not (specs[jk] == _SPLIT or specs[jc] == _SPLIT):
+            continue
+        if jk in covered:
+            continue
+        key = d["key"].raw_value
+        typed = jax.dtypes.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key)
+        if np.ndim(key) != (0 if typed else 1):
+            raise ValueError(
+                f"{what}: the RNG stream {_var_label(flat, jk)} holds keys of shape "
+                f"{np.shape(key)} (already stacked), so it cannot be split. Map it instead, e.g. "
+                "{nnx.RngState: 0} in this argument's axis entry."
+            )
+        streams.append((obj, jk, jc))
+        covered.update((jk, jc))
+    for j, s in enumerate(specs):
+        if s == _SPLIT and j not in covered:
+            v = flat.variables[j]
+            raise ValueError(
+                f"{what}: {_var_label(flat, j)} ({type(v).__name__}) was given axis 'split', "
+                "but only the key/count of an RNG stream can be split. Give it an int or None."
+            )
+    return streams
+
+
+def _var_label(flat: graph._Flat, j: int) -> str:
+    """A Variable of a joint traversal, named by its path inside its argument."""
+    path = flat.graphdef.paths[j]
+    root = flat.node_objects[0][path[0]]
+    return f"{_fmt_path(path[1:])} (of the {type(root).__name__} argument)"
+
+
+def _draw_split_keys(streams: list, n: int) -> list:
+    """One draw from each caller stream (advancing it), split into ``n`` keys."""
+    return [jax.random.split(stream(), n) for stream, _, _ in streams]
+
+
+def _axis_size(values: Sequence, axes: Sequence, given: int | None, what: str) -> int | None:
+    sizes = set()
+    for x, ax in zip(values, axes):
+        if isinstance(ax, int) and not isinstance(ax, bool):
+            shape = np.shape(x)
+            if not shape:
+                raise ValueError(f"{what}: cannot map axis {ax} of a scalar value.")
+            sizes.add(shape[ax])
+    if given is not None:
+        return given
+    if len(sizes) > 1:
+        raise ValueError(f"{what}: mapped inputs have different sizes along their axes: {sorted(sizes)}.")
+    return sizes.pop() if sizes else None
+
+
+def _fresh_count(count_value: Any) -> Any:
+    return jnp.zeros(np.shape(count_value), getattr(count_value, "dtype", jnp.uint32))
+
+
+def _probe_variable(vardef: tuple) -> Variable:
+    t, md = vardef
+    return _make(t, None, dict(md) if md else _EMPTY_METADATA)
+
+
+def _new_var_specs(meta: _Meta, in_entries_by_root: list, out_entries_by_node: list, default, allowed, what) -> list:
+    """Axes of the Variables created inside, from the entry of whoever holds them."""
+    gd = meta.graphdef
+    specs = []
+    for j in meta.new_var_indices():
+        path = gd.paths[j]
+        k = path[0]
+        probe = _probe_variable(gd.vardefs[j])
+        if k < meta.n_in:
+            entry = in_entries_by_root[k]
+        else:
+            entry = out_entries_by_node[k - meta.n_in]
+        specs.append(_resolve(entry, path[1:], probe, default, None, allowed, what))
+    return specs
+
+
+
+def _dyn_axes(entries: list, mask: tuple, allowed: tuple, what: str) -> list:
+    out = []
+    for e, m in zip(entries, mask):
+        if m:
+            continue
+        if isinstance(e, Mapping):
+            raise ValueError(f"{what}: a dict {{filter: axis}} entry applies to modules only, got it for an array.")
+        out.append(_check_axis(e, allowed, what))
+    return out
+
+
+
+# =====================================================================================
+# Running a function on fresh objects (remat, cond/switch, eval_shape)
+# =====================================================================================
+def _pure(f: Callable, inputs: _Inputs, cell: list | None = None, static: Callable | None = None):
+    """``(state leaves, other leaves) -> (aligned, extra, out, meta)`` running ``f`` on fresh objects."""
+    gd = inputs.graphdef
+
+    def run(state, others):
+        a, kw, roots, pre = _enter(gd, inputs.treedef, inputs.mask, state, others)
+        if static is not None:
+            a, kw = static(a, kw)
+        out = f(*a, **kw)
+        result = _leave(pre, roots, out, list(state))
+        if cell is not None:
+            cell.append(result[3])
+        return result
+
+    return run

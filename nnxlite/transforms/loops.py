@@ -1,0 +1,203 @@
+"""``nnx.scan``: what ``jax.lax.scan`` needs on top of the lifting core.
+
+Module state is either carried from step to step (``nnx.Carry``/``None``) or
+sliced per step and re-stacked (an int axis: a stack of layers); RNG streams
+get one key per step.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from nnxlite.transforms._lift import (
+    _KEEP,
+    _SPLIT,
+    Carry,
+    _apply,
+    _axis_size,
+    _call_entries,
+    _check_axis,
+    _draw_split_keys,
+    _dyn_axes,
+    _enter,
+    _fresh_count,
+    _Inputs,
+    _is_axis_entry,
+    _is_node,
+    _leave,
+    _new_var_specs,
+    _prefix_entries,
+    _scatter,
+    _split_streams,
+    _state_specs,
+    _tree_flatten,
+    _tree_unflatten,
+)
+
+__all__ = ["scan"]
+
+
+def scan(
+    f: Callable | None = None,
+    *,
+    in_axes: Any = (Carry, 0),
+    out_axes: Any = (Carry, 0),
+    length: int | None = None,
+    reverse: bool = False,
+    unroll: int | bool = 1,
+) -> Callable:
+    """``jax.lax.scan`` for functions of modules: run a stack of layers, or a loop.
+
+    ``f`` is called once per step with the arguments sliced according to
+    ``in_axes``: ``nnx.Carry`` marks the carried argument, an int an argument
+    scanned along that axis, ``None`` one passed whole to every step. A module
+    given an int (a stacked layer stack) is sliced, one layer per step, and its
+    updated state re-stacked; a module given ``None`` or ``nnx.Carry`` has its
+    state carried from step to step. RNG streams are split per step (see the
+    module docstring). ``out_axes`` mirrors the output: ``nnx.Carry`` for the
+    new carry (same structure as the carry argument), an int for per-step
+    outputs, which are stacked.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> stack = nnx.vmap(lambda ctx: nnx.Linear(3, 3, ctx=ctx), axis_size=5)(nnx.context(0))
+    >>> forward = nnx.scan(lambda x, layer: layer(x), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    >>> forward(jnp.ones((2, 3)), stack).shape
+    (2, 3)
+
+    Args:
+      f: the step function (or use ``@nnx.scan(...)`` as a decorator factory).
+      in_axes: one entry per positional argument (keyword arguments are
+        passed whole to every step).
+      out_axes: ``nnx.Carry``, an int, or a tuple of them matching the output.
+      length: number of steps when nothing is scanned.
+      reverse, unroll: as in ``jax.lax.scan``.
+
+    Variables and sub-modules cannot be added to input modules inside a scan
+    (the state is stacked or carried); create them before.
+    """
+    if f is None:
+        return functools.partial(scan, in_axes=in_axes, out_axes=out_axes, length=length, reverse=reverse, unroll=unroll)
+    what = "nnx.scan"
+    allowed = (int, None, Carry, _SPLIT)
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        inputs = _Inputs(args, kwargs)
+        entries = _call_entries(in_axes, args, kwargs, None, _is_axis_entry, f"{what} in_axes")
+        raw_specs = _state_specs(inputs, entries, 0, allowed, f"{what} in_axes")
+        specs = ["carry" if s is None or s is Carry else s for s in raw_specs]
+        streams = _split_streams(inputs, specs, what)
+        key_idx, count_idx = [jk for _, jk, _ in streams], [jc for _, _, jc in streams]
+        split_vars = {*key_idx, *count_idx}
+        n_vars = len(specs)
+        carried = [j for j in range(n_vars) if specs[j] == "carry" and j not in split_vars]
+        scanned = [j for j in range(n_vars) if isinstance(specs[j], int) and j not in split_vars]
+        dyn_entries = _dyn_axes(entries, inputs.mask, (int, None, Carry), f"{what} in_axes")
+        variables = inputs.variables
+        others = inputs.others
+        n = _axis_size(
+            [variables[j].raw_value for j in scanned] + [x for x, e in zip(others, dyn_entries) if isinstance(e, int)],
+            [specs[j] for j in scanned] + [e for e in dyn_entries if isinstance(e, int)],
+            length,
+            what,
+        )
+        if n is None:
+            raise ValueError(f"{what}: nothing is scanned, so the number of steps is unknown; pass length=.")
+        keys = _draw_split_keys(streams, n)
+        counts = [_fresh_count(variables[j].raw_value) for j in count_idx]
+        carry_state = [variables[j].raw_value for j in carried]
+        xs_state = [_to_front(variables[j].raw_value, specs[j]) for j in scanned]
+        carry_dyn = [x for x, e in zip(others, dyn_entries) if e is Carry]
+        xs_dyn = [_to_front(x, e) for x, e in zip(others, dyn_entries) if isinstance(e, int)]
+        gd = inputs.graphdef
+        # Which argument leaves are carry (for the identity check of carried modules).
+        carry_leaf_pos = [i for i, e in enumerate(entries) if e is Carry]
+        cell: dict = {}
+
+        def body(carry, xs):
+            c_state, c_dyn = carry
+            x_state, step_keys, x_dyn = xs
+            leaves = _scatter(
+                n_vars, None, (carried, c_state), (scanned, x_state), (key_idx, step_keys), (count_idx, counts)
+            )
+            it_c, it_x = iter(c_dyn), iter(x_dyn)
+            step_others = [next(it_c) if e is Carry else next(it_x) if isinstance(e, int) else x for x, e in zip(others, dyn_entries)]
+            a, kw, roots, pre = _enter(gd, inputs.treedef, inputs.mask, leaves, step_others)
+            out = f(*a, **kw)
+            aligned, extra, plain, meta = _leave(pre, roots, out, leaves)
+            if meta is not None and meta.in_changed:
+                raise ValueError(
+                    f"{what}: the step function changed the structure of an input module (added, removed "
+                    "or replaced an attribute, sub-module or Variable). Inside scan the state is stacked "
+                    "or carried, so its structure must stay fixed: create every Variable before the scan."
+                )
+            out_leaves, out_treedef = _tree_flatten(out, is_leaf=_is_node)
+            out_entries = _prefix_entries(out_axes, out, _is_axis_entry, f"{what} out_axes")
+            carry_out, ys_plain = [], []
+            arg_leaves, _ = _tree_flatten((a, kw), is_leaf=_is_node)
+            in_carry = [arg_leaves[i] for i in carry_leaf_pos]
+            out_carry = []
+            for x, e in zip(out_leaves, out_entries):
+                if e is Carry:
+                    out_carry.append(x)
+                elif not (isinstance(e, Mapping) and _is_node(x)):  # dicts are for module outputs
+                    _check_axis(e, (int,), f"{what} out_axes (use nnx.Carry or an int)")
+            if len(out_carry) != len(in_carry) or any(
+                _is_node(i) != _is_node(o) or (_is_node(i) and i is not o) for i, o in zip(in_carry, out_carry)
+            ):
+                raise ValueError(
+                    f"{what}: the carry returned by the step function must have the same structure as the "
+                    f"carry argument (the leaves marked nnx.Carry): {len(in_carry)} leaves in, "
+                    f"{len(out_carry)} out; modules in the carry must be returned as the same objects."
+                )
+            for x, e in zip(out_leaves, out_entries):
+                if _is_node(x):
+                    continue
+                (carry_out if e is Carry else ys_plain).append(x)
+            cell["meta"] = meta
+            cell["out_treedef"] = out_treedef
+            cell["out_entries"] = out_entries
+            new_carry = ([aligned[j] for j in carried], carry_out)
+            ys = ([aligned[j] for j in scanned], extra, ys_plain)
+            return new_carry, ys
+
+        (c_state, c_dyn), (x_state, extra, ys_plain) = jax.lax.scan(
+            body, (carry_state, carry_dyn), (xs_state, keys, xs_dyn), length=n, reverse=reverse, unroll=unroll
+        )
+        meta, out_treedef, out_entries = cell["meta"], cell["out_treedef"], cell["out_entries"]
+        x_state = [_from_front(x, specs[j]) for j, x in zip(scanned, x_state)]
+        aligned = _scatter(n_vars, _KEEP, (carried, c_state), (scanned, x_state))
+        plain = []
+        it_c, it_y = iter(c_dyn), iter(ys_plain)
+        node_pos = set(meta.out_node_pos) if meta is not None else set()
+        for p, e in enumerate(out_entries):
+            if p in node_pos:
+                plain.append(None)
+            elif e is Carry:
+                plain.append(next(it_c))
+            else:
+                plain.append(_from_front(next(it_y), e))
+        if meta is None:
+            for j in carried + scanned:
+                variables[j].raw_value = aligned[j]
+            return _tree_unflatten(out_treedef, plain)
+        node_entries = [out_entries[p] for p in meta.out_node_pos]
+        in_root_entries = [entries[p] for p in inputs.root_positions()]
+        extra_axes = _new_var_specs(meta, in_root_entries, node_entries, 0, (int,), f"{what} out_axes")
+        extra = [_from_front(x, ax) for x, ax in zip(extra, extra_axes)]
+        return _apply(meta, aligned, extra, plain, inputs.flat)
+
+    return wrapper
+
+
+def _to_front(x: Any, axis: int) -> Any:
+    return x if axis == 0 else jnp.moveaxis(x, axis, 0)
+
+
+def _from_front(x: Any, axis: int) -> Any:
+    return x if axis == 0 else jnp.moveaxis(x, 0, axis)

@@ -1,0 +1,59 @@
+"""The package layout: the core loads without its pretty-printer, transforms, layers; transforms re-exports."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nnxlite as nnx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CORE = ["_epoch", "variables", "filters", "state", "graph", "module", "rng"]
+
+
+def test_core_does_not_import_display_transforms_or_layers_at_load():
+    # A bare `nnxlite` package object stands in for nnxlite/__init__.py (which imports everything),
+    # so only what the core modules themselves import gets loaded.
+    code = f"""
+import sys, types
+pkg = types.ModuleType("nnxlite")
+pkg.__path__ = [{str(ROOT / 'nnxlite')!r}]
+sys.modules["nnxlite"] = pkg
+import importlib
+for m in {CORE!r}:
+    importlib.import_module("nnxlite." + m)
+loaded = sorted(m for m in sys.modules if m.startswith("nnxlite."))
+print(loaded)
+bad = [m for m in loaded if m.split(".")[1] not in {CORE!r}]
+assert not bad, bad
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_transforms_package_reexports_the_public_names():
+    from nnxlite.transforms import autodiff, control, loops, mapping, shapes
+    from nnxlite.transforms import _lift
+
+    expected = {
+        "jit": sys.modules["nnxlite.transforms.jit"].jit,
+        "vmap": mapping.vmap,
+        "scan": loops.scan,
+        "cond": control.cond,
+        "switch": control.switch,
+        "grad": autodiff.grad,
+        "value_and_grad": autodiff.value_and_grad,
+        "remat": autodiff.remat,
+        "eval_shape": shapes.eval_shape,
+        "Carry": _lift.Carry,
+    }
+    assert set(nnx.transforms.__all__) == set(expected)
+    for name, obj in expected.items():
+        assert getattr(nnx.transforms, name) is obj, name
+        assert getattr(nnx, name) is obj, name
+
+
+def test_repr_still_works_with_lazy_display_import():
+    model = nnx.Linear(2, 3, ctx=nnx.context(0))
+    text = repr(model)
+    assert text.startswith("Linear(") and "Param: 9" in text
