@@ -198,3 +198,28 @@ def test_a_donated_step_that_fails_at_run_time_names_the_lost_variables():
     assert model.kernel.value.is_deleted()
     nnx.update(model, nnx.state(backup))  # recovery from the clone
     assert model.kernel.value.shape == (2, 3)
+
+
+# ---------------------------------------------------------------------------------
+# 12. grad(wrt=...) and the optimizer agree on a shared sub-module
+# ---------------------------------------------------------------------------------
+def test_grad_wrt_a_path_filter_reaches_a_shared_module_by_any_path():
+    import optax
+
+    class Net(nnx.Module):
+        def __init__(self):
+            ctx = nnx.context(0)
+            self.blocks = [nnx.Linear(2, 2, ctx=ctx), nnx.Linear(2, 2, ctx=ctx)]
+            self.enc = self.blocks[1]
+
+        def __call__(self, x):
+            return self.blocks[1](self.blocks[0](x)).sum()
+
+    net = Net()
+    wrt = nnx.All(nnx.Param, nnx.PathContains("enc"))
+    grads = nnx.grad(lambda m: m(jnp.ones((1, 2))), wrt=wrt)(net)
+    assert grads.paths() == (("blocks", 1, "bias"), ("blocks", 1, "kernel"))
+    opt = nnx.Optimizer(net, optax.sgd(0.1), wrt=wrt)
+    before = net.enc.bias.value
+    opt.update(grads)
+    np.testing.assert_allclose(net.enc.bias.value, before - 0.1 * grads["blocks"][1]["bias"])
