@@ -267,11 +267,12 @@ def transform(model: Any) -> Transformed:
                 "(trainable, rest) from nnx.split_trainable."
             ) from None
         fn = _resolve_method(module, method)
-        if rngs is not None and "ctx" not in kwargs and _takes_ctx(fn, method, signature_cache):
+        rng_param = _rng_param(fn, method, signature_cache) if rngs is not None else None
+        if rng_param is not None and "ctx" not in kwargs and "rngs" not in kwargs:
             keys = _key_dict(rngs)
             if rng_axes is not None:
                 keys = {name: _fold_axes(k, rng_axes) for name, k in keys.items()}
-            kwargs["ctx"] = Context(**keys)
+            kwargs[rng_param] = Context(**keys)
         with _rekeyed(module, rngs, rng_axes):
             out = fn(*args, **kwargs)
         return out, graph.state(module)
@@ -294,19 +295,18 @@ def _resolve_method(module: Any, method: str | Callable) -> Callable:
     return fn
 
 
-def _takes_ctx(fn: Callable, method: Any, cache: dict) -> bool:
+def _rng_param(fn: Callable, method: Any, cache: dict) -> str | None:
+    """The name under which ``fn`` takes a Context (``ctx``, or flax.nnx's ``rngs``), or None."""
     try:
         return cache[method]
     except (KeyError, TypeError):
         pass
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     try:
         params = inspect.signature(fn).parameters
-        result = "ctx" in params and params["ctx"].kind in (
-            inspect.Parameter.KEYWORD_ONLY,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        )
+        result = next((n for n in ("ctx", "rngs") if n in params and params[n].kind in named), None)
     except (TypeError, ValueError):
-        result = False
+        result = None
     try:
         cache[method] = result
     except TypeError:

@@ -53,6 +53,7 @@ from nnxlite.module import Module
 from nnxlite.nn import initializers
 from nnxlite.nn.dtypes import promote_dtype
 from nnxlite.rng import Context
+from nnxlite._rngs_arg import one_rng_arg
 
 __all__ = [
     "PReLU",
@@ -97,7 +98,10 @@ class PReLU(Module):
     Args:
       negative_slope_init: initial slope for negative inputs.
       dtype, param_dtype: computation and parameter dtypes.
-      ctx: accepted for a uniform constructor signature (no randomness is used).
+      promote_dtype: ``fn((x, slope), dtype=...)`` casting the operands.
+      negative_slope_metadata: metadata set on the ``negative_slope`` Param.
+      ctx: accepted for a uniform constructor signature (no randomness is
+        used); ``rngs=`` likewise.
     """
 
     def __init__(
@@ -106,13 +110,18 @@ class PReLU(Module):
         *,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
+        promote_dtype: Any = promote_dtype,
+        negative_slope_metadata: Any = None,
         ctx: Context | None = None,
+        rngs: Context | None = None,
     ):
+        one_rng_arg(ctx, rngs, "PReLU")
         self.dtype = dtype
         self.param_dtype = param_dtype
+        self.promote_dtype = promote_dtype
         init = initializers.constant(negative_slope_init)
-        self.negative_slope = param_from_init(init, None, (), param_dtype)
+        self.negative_slope = param_from_init(init, None, (), param_dtype, **(negative_slope_metadata or {}))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x, slope = promote_dtype(x, self.negative_slope.value, dtype=self.dtype)
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        x, slope = self.promote_dtype((inputs, self.negative_slope.value), dtype=self.dtype)
         return jnp.where(x >= 0, x, slope * x)

@@ -8,7 +8,7 @@ where a query may attend to a key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from nnxlite.module import Module
-from nnxlite.nn import initializers
+from nnxlite.nn import dtypes, initializers
 from nnxlite.nn.dtypes import promote_dtype
 from nnxlite.nn.initializers import Initializer
 from nnxlite.nn.linear import LinearGeneral
@@ -24,6 +24,7 @@ from nnxlite.nn.normalization import LayerNorm
 from nnxlite.nn.stochastic import bernoulli, draw_key
 from nnxlite.rng import Context, RngStream
 from nnxlite.variables import Cache, Intermediate
+from nnxlite._rngs_arg import one_rng_arg
 
 __all__ = [
     "MultiHeadAttention",
@@ -295,9 +296,22 @@ class MultiHeadAttention(Module):
         :func:`dot_product_attention`.
       decode: the default for the call keyword ``decode``.
       normalize_qk: apply LayerNorm to the projected queries and keys.
-      ctx: the Context for parameter keys.
+      qkv_promote_dtype, out_promote_dtype, ln_promote_dtype: the
+        ``promote_dtype`` functions of the projections and LayerNorms.
+      qkv_dot_general, out_dot_general, qkv_dot_general_cls,
+        out_dot_general_cls: the contraction ops of the projections (see
+        :class:`~nnxlite.nn.LinearGeneral`).
+      ctx: the Context for parameter keys; ``rngs=`` is the same parameter
+        (flax.nnx's spelling).
       keep_ctx: keep a ``dropout`` stream (seeded from ``ctx``) for calls
-        that pass no ``ctx``. Off by default: pass ``ctx=`` at call time.
+        that pass no ``ctx``. ``keep_rngs`` is the same switch. Off by default
+        when the Context is passed as ``ctx=``; on by default when it is
+        passed as ``rngs=`` (flax.nnx's default), so code of either library
+        behaves as it did there.
+      kernel_metadata, bias_metadata: metadata of the query/key/value
+        projections' Params; ``out_kernel_metadata``/``out_bias_metadata``
+        of ``out``'s; ``query_ln_scale_metadata``/``key_ln_scale_metadata``
+        of the LayerNorms' scales.
     """
 
     def __init__(
@@ -306,14 +320,14 @@ class MultiHeadAttention(Module):
         in_features: int,
         qkv_features: int | None = None,
         out_features: int | None = None,
-        *,
         num_kv_heads: int | None = None,
         in_kv_features: int | None = None,
+        *,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         broadcast_dropout: bool = True,
         dropout_rate: float = 0.0,
-        deterministic: bool = False,
+        deterministic: bool | None = False,
         precision: Any = None,
         kernel_init: Initializer = initializers.default_kernel_init,
         out_kernel_init: Initializer | None = None,
@@ -321,11 +335,36 @@ class MultiHeadAttention(Module):
         out_bias_init: Initializer | None = None,
         use_bias: bool = True,
         attention_fn: Callable[..., jax.Array] = dot_product_attention,
-        decode: bool = False,
+        decode: bool | None = False,
         normalize_qk: bool = False,
-        ctx: Context,
-        keep_ctx: bool = False,
+        qkv_promote_dtype: Any = dtypes.promote_dtype,
+        out_promote_dtype: Any = dtypes.promote_dtype,
+        ln_promote_dtype: Any = dtypes.promote_dtype,
+        qkv_dot_general: Any = None,
+        out_dot_general: Any = None,
+        qkv_dot_general_cls: Any = None,
+        out_dot_general_cls: Any = None,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        keep_ctx: bool | None = None,
+        keep_rngs: bool | None = None,
+        kernel_metadata: Mapping[str, Any] | None = None,
+        out_kernel_metadata: Mapping[str, Any] | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
+        out_bias_metadata: Mapping[str, Any] | None = None,
+        query_ln_scale_metadata: Mapping[str, Any] | None = None,
+        key_ln_scale_metadata: Mapping[str, Any] | None = None,
     ):
+        flax_spelling = rngs is not None
+        ctx = one_rng_arg(ctx, rngs, "MultiHeadAttention", required=True)
+        if keep_ctx is not None and keep_rngs is not None and keep_ctx != keep_rngs:
+            raise TypeError(
+                f"MultiHeadAttention got keep_ctx={keep_ctx} and keep_rngs={keep_rngs}; they are the same "
+                "switch (keep_rngs is flax.nnx's name). Pass only one."
+            )
+        keep = keep_ctx if keep_ctx is not None else keep_rngs
+        if keep is None:
+            keep = flax_spelling
         self.num_heads = num_heads
         self.in_features = in_features
         self.qkv_features = qkv_features if qkv_features is not None else in_features
@@ -355,24 +394,34 @@ class MultiHeadAttention(Module):
         def projection(features_in, heads):
             return LinearGeneral(
                 features_in, (heads, self.head_dim), use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                precision=precision, kernel_init=kernel_init, bias_init=bias_init, ctx=ctx,
+                precision=precision, kernel_init=kernel_init, bias_init=bias_init,
+                promote_dtype=qkv_promote_dtype, dot_general=qkv_dot_general, dot_general_cls=qkv_dot_general_cls,
+                ctx=ctx, kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
             )
 
         self.query = projection(in_features, num_heads)
         self.key = projection(self.in_kv_features, self.num_kv_heads)
         self.value = projection(self.in_kv_features, self.num_kv_heads)
         if normalize_qk:
-            self.query_ln = LayerNorm(self.head_dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, ctx=ctx)
-            self.key_ln = LayerNorm(self.head_dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, ctx=ctx)
+            self.query_ln = LayerNorm(
+                self.head_dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, promote_dtype=ln_promote_dtype,
+                ctx=ctx, scale_metadata=query_ln_scale_metadata,
+            )
+            self.key_ln = LayerNorm(
+                self.head_dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, promote_dtype=ln_promote_dtype,
+                ctx=ctx, scale_metadata=key_ln_scale_metadata,
+            )
         else:
             self.query_ln = None
             self.key_ln = None
         self.out = LinearGeneral(
             (num_heads, self.head_dim), self.out_features, axis=(-2, -1), use_bias=use_bias, dtype=dtype,
             param_dtype=param_dtype, precision=precision, kernel_init=out_kernel_init or kernel_init,
-            bias_init=out_bias_init or bias_init, ctx=ctx,
+            bias_init=out_bias_init or bias_init, promote_dtype=out_promote_dtype, dot_general=out_dot_general,
+            dot_general_cls=out_dot_general_cls, ctx=ctx, kernel_metadata=out_kernel_metadata,
+            bias_metadata=out_bias_metadata,
         )
-        self.ctx = Context(dropout=ctx.make_rng("dropout")) if keep_ctx and dropout_rate > 0 else None
+        self.ctx = Context(dropout=ctx.make_rng("dropout")) if keep and dropout_rate > 0 else None
         self.cached_key = None
         self.cached_value = None
         self.cache_index = None
@@ -386,9 +435,12 @@ class MultiHeadAttention(Module):
         mask: jax.Array | None = None,
         deterministic: bool | None = None,
         ctx: Context | RngStream | jax.Array | None = None,
+        rngs: Context | RngStream | jax.Array | None = None,
         sow_weights: bool = False,
         decode: bool | None = None,
         is_causal: bool = False,
+        out_sharding: Any = None,
+        qkv_sharding: Any = None,
     ) -> jax.Array:
         """Attend from ``inputs_q`` to ``inputs_k`` (default: ``inputs_q``), reading ``inputs_v`` (default: ``inputs_k``).
 
@@ -397,10 +449,13 @@ class MultiHeadAttention(Module):
           inputs_k, inputs_v: ``(*batch, kv_len, in_kv_features)``.
           mask: ``(*batch, num_heads or 1, q_len, kv_len)``, True where allowed.
           deterministic: overrides the mode for this call.
-          ctx: the Context (or RngStream, or a key) for attention dropout.
+          ctx: the Context (or RngStream, or a key) for attention dropout
+            (``rngs=`` is the same parameter).
           sow_weights: record the weights as ``self.attention_weights`` (``nnx.Intermediate``).
           decode: overrides ``self.decode``: use and extend the cache (one position per call).
           is_causal: add a causal mask (implied, so ignored, when decoding).
+          out_sharding, qkv_sharding: output shardings passed on to the
+            output and query/key/value projections.
 
         Returns:
           ``(*batch, q_len, out_features)``.
@@ -420,7 +475,10 @@ class MultiHeadAttention(Module):
                 raise ValueError(
                     f"MultiHeadAttention: {name} should have last axis {size}, got shape {tuple(x.shape)}."
                 )
-        query, key, value = self.query(inputs_q), self.key(inputs_k), self.value(inputs_v)
+        ctx = one_rng_arg(ctx, rngs, "MultiHeadAttention.__call__")
+        query = self.query(inputs_q, out_sharding=qkv_sharding)
+        key = self.key(inputs_k, out_sharding=qkv_sharding)
+        value = self.value(inputs_v, out_sharding=qkv_sharding)
         if self.normalize_qk:
             query, key = self.query_ln(query), self.key_ln(key)
 
@@ -429,7 +487,7 @@ class MultiHeadAttention(Module):
             is_causal = False  # the cache mask already hides every position after this one
 
         if deterministic is None:
-            deterministic = self.deterministic
+            deterministic = bool(self.deterministic)
         dropout_rng = None
         if self.dropout_rate > 0.0 and not deterministic:
             dropout_rng = draw_key(ctx if ctx is not None else self.ctx, "dropout", "MultiHeadAttention")
@@ -438,7 +496,7 @@ class MultiHeadAttention(Module):
             broadcast_dropout=self.broadcast_dropout, deterministic=deterministic or self.dropout_rate == 0.0,
             dtype=self.dtype, precision=self.precision, module=self if sow_weights else None, is_causal=is_causal,
         )
-        return self.out(x)
+        return self.out(x, out_sharding=out_sharding)
 
     def init_cache(self, input_shape: tuple[int, ...], dtype: Any = jnp.float32) -> None:
         """Create empty ``cached_key``/``cached_value`` and ``cache_index = 0`` (``nnx.Cache``) for decoding.

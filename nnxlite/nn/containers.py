@@ -13,7 +13,7 @@ __all__ = ["Sequence", "Sequential"]
 # Keywords a model commonly threads through every layer. A call may pass them
 # even when no layer of this Sequence uses them; any other keyword that no
 # layer accepts is a mistake (a typo, usually) and raises.
-THREADED_KEYWORDS = frozenset({"ctx", "deterministic", "use_running_average", "decode"})
+THREADED_KEYWORDS = frozenset({"ctx", "rngs", "deterministic", "use_running_average", "decode"})
 
 
 class Sequence(Module):
@@ -102,7 +102,7 @@ def accepted_keywords(layer: Callable) -> frozenset[str] | None:
 
     >>> import nnxlite as nnx
     >>> sorted(accepted_keywords(nnx.Dropout(0.5)))
-    ['ctx', 'deterministic']
+    ['ctx', 'deterministic', 'rngs']
     >>> accepted_keywords(nnx.relu)
     frozenset()
     """

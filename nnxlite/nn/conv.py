@@ -9,7 +9,7 @@ libraries by path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -20,10 +20,26 @@ from nnxlite.module import Module
 from nnxlite.nn import initializers
 from nnxlite.nn._shapes import Padding, as_tuple, canonical_padding, channels_last, fold_batch, unfold_batch
 from nnxlite.nn.initializers import Initializer
-from nnxlite.nn.linear import _as_tuple, _kernel_and_bias, _promoted
+from nnxlite.nn import dtypes
+from nnxlite.nn.linear import _as_tuple, _kernel_and_bias
 from nnxlite.rng import Context
+from nnxlite._rngs_arg import one_rng_arg
 
 __all__ = ["Conv", "ConvTranspose"]
+
+
+def _masked_operands(layer: Module, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """``x``, the kernel (times ``layer.mask`` when there is one) and the bias, cast by ``promote_dtype``."""
+    kernel = layer.kernel.value
+    if layer.mask is not None:
+        if layer.mask.shape != kernel.shape:
+            raise ValueError(
+                f"{type(layer).__name__}: mask has shape {tuple(layer.mask.shape)} but the kernel has shape "
+                f"{tuple(kernel.shape)}; give a mask of the kernel's shape."
+            )
+        kernel = kernel * layer.mask
+    bias = layer.bias.value if layer.bias is not None else None
+    return layer.promote_dtype((x, kernel, bias), dtype=layer.dtype)
 
 
 def _check_inputs(layer: Module, x: jax.Array) -> None:
@@ -67,8 +83,13 @@ class Conv(Module):
         convolved separately (``in_features`` for a depthwise convolution);
         it must divide both ``in_features`` and ``out_features``.
       use_bias: whether to add a ``bias`` of shape ``(out_features,)``.
-      dtype, param_dtype, precision, kernel_init, bias_init, ctx: as for
-        :class:`~nnxlite.nn.Linear`.
+      mask: an optional array of the kernel's shape multiplied into the
+        kernel at each call (e.g. a causal or sparse connectivity mask).
+      conv_general_dilated: the convolution op (default
+        ``jax.lax.conv_general_dilated``).
+      dtype, param_dtype, precision, kernel_init, bias_init, promote_dtype,
+        preferred_element_type, ctx (or rngs), kernel_metadata, bias_metadata:
+        as for :class:`~nnxlite.nn.Linear`.
     """
 
     def __init__(
@@ -83,13 +104,25 @@ class Conv(Module):
         kernel_dilation: int | Sequence[int] | None = 1,
         feature_group_count: int = 1,
         use_bias: bool = True,
+        mask: jax.Array | None = None,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         precision: Any = None,
         kernel_init: Initializer = initializers.default_kernel_init,
         bias_init: Initializer = initializers.default_bias_init,
-        ctx: Context,
+        conv_general_dilated: Any = lax.conv_general_dilated,
+        promote_dtype: Any = dtypes.promote_dtype,
+        preferred_element_type: Any = None,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        kernel_metadata: Mapping[str, Any] | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, "Conv", required=True)
+        self.mask = mask
+        self.conv_general_dilated = conv_general_dilated
+        self.promote_dtype = promote_dtype
+        self.preferred_element_type = preferred_element_type
         self.kernel_size = _as_tuple(kernel_size)
         rank = len(self.kernel_size)
         self.in_features = in_features
@@ -115,15 +148,20 @@ class Conv(Module):
             )
         kernel_shape = self.kernel_size + (in_features // feature_group_count, out_features)
         self.kernel, self.bias = _kernel_and_bias(
-            kernel_init, kernel_shape, bias_init, (out_features,) if use_bias else None, param_dtype, ctx
+            kernel_init, kernel_shape, bias_init, (out_features,) if use_bias else None, param_dtype, ctx,
+            kernel_metadata, bias_metadata,
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+        x = inputs
         _check_inputs(self, x)
         x, batch_shape = fold_batch(x, len(self.kernel_size) + 1, "Conv")
         x, padding = self._pad_by_hand(x)
-        x, kernel, bias = _promoted(self, x)
-        y = lax.conv_general_dilated(
+        x, kernel, bias = _masked_operands(self, x)
+        extra = {} if self.preferred_element_type is None else {"preferred_element_type": self.preferred_element_type}
+        if out_sharding is not None:
+            extra["out_sharding"] = out_sharding
+        y = self.conv_general_dilated(
             x,
             kernel,
             window_strides=self.strides,
@@ -133,6 +171,7 @@ class Conv(Module):
             dimension_numbers=channels_last(len(self.kernel_size)),
             feature_group_count=self.feature_group_count,
             precision=self.precision,
+            **extra,
         )
         if bias is not None:
             y = y + bias
@@ -177,8 +216,9 @@ class ConvTranspose(Module):
     ``p``.
 
     Args:
-      in_features, out_features, kernel_size, strides, kernel_dilation, use_bias,
-      dtype, param_dtype, precision, kernel_init, bias_init, ctx: as for :class:`Conv`.
+      in_features, out_features, kernel_size, strides, kernel_dilation, use_bias, mask,
+      dtype, param_dtype, precision, kernel_init, bias_init, promote_dtype,
+      preferred_element_type, ctx (or rngs), kernel_metadata, bias_metadata: as for :class:`Conv`.
       padding: ``'SAME'``, ``'VALID'``, an int, or one int or ``(low, high)``
         pair per spatial axis.
       transpose_kernel: use the ``(*window, out, in)`` layout and flip the
@@ -195,14 +235,24 @@ class ConvTranspose(Module):
         padding: Padding = "SAME",
         kernel_dilation: int | Sequence[int] | None = None,
         use_bias: bool = True,
+        mask: jax.Array | None = None,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         precision: Any = None,
         kernel_init: Initializer = initializers.default_kernel_init,
         bias_init: Initializer = initializers.default_bias_init,
         transpose_kernel: bool = False,
-        ctx: Context,
+        promote_dtype: Any = dtypes.promote_dtype,
+        preferred_element_type: Any = None,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        kernel_metadata: Mapping[str, Any] | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, "ConvTranspose", required=True)
+        self.mask = mask
+        self.promote_dtype = promote_dtype
+        self.preferred_element_type = preferred_element_type
         self.kernel_size = _as_tuple(kernel_size)
         rank = len(self.kernel_size)
         self.in_features = in_features
@@ -222,14 +272,17 @@ class ConvTranspose(Module):
         self.transpose_kernel = transpose_kernel
         io = (out_features, in_features) if transpose_kernel else (in_features, out_features)
         self.kernel, self.bias = _kernel_and_bias(
-            kernel_init, self.kernel_size + io, bias_init, (out_features,) if use_bias else None, param_dtype, ctx
+            kernel_init, self.kernel_size + io, bias_init, (out_features,) if use_bias else None, param_dtype, ctx,
+            kernel_metadata, bias_metadata,
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        x = inputs
         _check_inputs(self, x)
         rank = len(self.kernel_size)
         x, batch_shape = fold_batch(x, rank + 1, "ConvTranspose")
-        x, kernel, bias = _promoted(self, x)
+        x, kernel, bias = _masked_operands(self, x)
+        extra = {} if self.preferred_element_type is None else {"preferred_element_type": self.preferred_element_type}
         y = lax.conv_transpose(
             x,
             kernel,
@@ -239,6 +292,7 @@ class ConvTranspose(Module):
             dimension_numbers=channels_last(rank),
             transpose_kernel=self.transpose_kernel,
             precision=self.precision,
+            **extra,
         )
         if bias is not None:
             y = y + bias

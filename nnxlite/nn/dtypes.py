@@ -52,6 +52,8 @@ def promote_dtype(*arrays: Any, dtype: Any = None, inexact: bool = True) -> tupl
     ``None`` entries pass through unchanged (an absent bias, say), which
     lets a layer write ``x, kernel, bias = promote_dtype(x, kernel, bias)``.
     With ``inexact=True`` an all-integer set of arrays is promoted to float.
+    flax.nnx's spelling, one tuple of arrays (``promote_dtype((x, kernel))``),
+    works too and is what layers call their ``promote_dtype=`` function with.
 
     >>> import jax.numpy as jnp
     >>> from nnxlite.nn.dtypes import promote_dtype
@@ -59,5 +61,7 @@ def promote_dtype(*arrays: Any, dtype: Any = None, inexact: bool = True) -> tupl
     >>> x.dtype, bias
     (dtype('float32'), None)
     """
+    if len(arrays) == 1 and isinstance(arrays[0], (tuple, list)):  # flax.nnx: one tuple of arrays
+        arrays = tuple(arrays[0])
     target = result_dtype(*arrays, dtype=dtype, inexact=inexact)
     return tuple(None if a is None else jnp.asarray(a, target) for a in arrays)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -9,10 +10,12 @@ import jax.numpy as jnp
 
 from nnxlite.module import Module
 from nnxlite.nn import initializers
+from nnxlite.nn import dtypes
 from nnxlite.nn.dtypes import promote_dtype
 from nnxlite.nn.initializers import Initializer
 from nnxlite.functional import param_from_init
 from nnxlite.rng import Context
+from nnxlite._rngs_arg import one_rng_arg
 
 __all__ = ["Embed"]
 
@@ -45,7 +48,11 @@ class Embed(Module):
       param_dtype: dtype the table is stored in.
       embedding_init: initializer of the table (default: normal with variance
         ``1 / features``).
-      ctx: the Context to draw the ``params`` key from.
+      promote_dtype: ``fn((table,), dtype=..., inexact=False)`` casting the
+        table for lookups (default :func:`nnxlite.nn.dtypes.promote_dtype`).
+      ctx: the Context to draw the ``params`` key from (``rngs=`` is the same
+        parameter, flax.nnx's spelling).
+      embedding_metadata: metadata set on the ``embedding`` Param.
     """
 
     def __init__(
@@ -56,23 +63,33 @@ class Embed(Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         embedding_init: Initializer = initializers.default_embed_init,
-        ctx: Context,
+        promote_dtype: Any = dtypes.promote_dtype,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        embedding_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, "Embed", required=True)
+        self.promote_dtype = promote_dtype
         self.num_embeddings = num_embeddings
         self.features = features
         self.dtype = dtype
         self.param_dtype = param_dtype
-        self.embedding = param_from_init(embedding_init, ctx.make_rng("params"), (num_embeddings, features), param_dtype)
+        self.embedding = param_from_init(
+            embedding_init, ctx.make_rng("params"), (num_embeddings, features), param_dtype,
+            **(embedding_metadata or {}),
+        )
 
-    def __call__(self, ids: jax.Array) -> jax.Array:
-        ids = jnp.asarray(ids)
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+        ids = jnp.asarray(inputs)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise ValueError(
                 f"Embed expects integer ids, got dtype {ids.dtype}; cast them first, e.g. ids.astype(jnp.int32)."
             )
-        (table,) = promote_dtype(self.embedding.value, dtype=self.dtype, inexact=False)
+        (table,) = self.promote_dtype((self.embedding.value,), dtype=self.dtype, inexact=False)
         if self.num_embeddings == 1:
             return jnp.broadcast_to(table[0], ids.shape + (self.features,))
+        if out_sharding is not None:
+            return table.at[ids].get(out_sharding=out_sharding)
         return jnp.take(table, ids, axis=0)
 
     def attend(self, query: jax.Array) -> jax.Array:

@@ -16,11 +16,12 @@ import jax.numpy as jnp
 
 from nnxlite.module import Module
 from nnxlite.nn import initializers
-from nnxlite.nn.dtypes import promote_dtype
+from nnxlite.nn import dtypes
 from nnxlite.nn.initializers import Initializer
 from nnxlite.functional import param_from_init
 from nnxlite.rng import Context
 from nnxlite.variables import Variable
+from nnxlite._rngs_arg import one_rng_arg
 
 __all__ = ["Linear", "LinearGeneral", "Einsum"]
 
@@ -32,22 +33,44 @@ def _kernel_and_bias(
     bias_shape: tuple[int, ...] | None,
     param_dtype: Any,
     ctx: Context,
+    kernel_metadata: Mapping[str, Any] | None = None,
+    bias_metadata: Mapping[str, Any] | None = None,
 ) -> tuple[Variable, Variable | None]:
     """The ``kernel`` Param and the ``bias`` Param (None when ``bias_shape`` is None).
 
-    Each draws its own ``params`` key, the kernel's first. Shared by the
-    dense and convolution layers.
+    Each draws its own ``params`` key, the kernel's first; ``*_metadata``
+    (flax's ``kernel_metadata=``/``bias_metadata=``) lands on the Params.
+    Shared by the dense and convolution layers.
     """
-    kernel = param_from_init(kernel_init, ctx.make_rng("params"), kernel_shape, param_dtype)
+    kernel = param_from_init(kernel_init, ctx.make_rng("params"), kernel_shape, param_dtype, **(kernel_metadata or {}))
     if bias_shape is None:
         return kernel, None
-    return kernel, param_from_init(bias_init, ctx.make_rng("params"), bias_shape, param_dtype)
+    bias = param_from_init(bias_init, ctx.make_rng("params"), bias_shape, param_dtype, **(bias_metadata or {}))
+    return kernel, bias
 
 
 def _promoted(layer: Module, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """``x``, ``layer.kernel`` and ``layer.bias`` (or None) cast to the layer's computation dtype."""
+    """``x``, ``layer.kernel`` and ``layer.bias`` (or None) cast by the layer's ``promote_dtype``.
+
+    ``promote_dtype`` takes one tuple (flax.nnx's convention), so a custom
+    function written for flax works here unchanged.
+    """
     bias = layer.bias.value if layer.bias is not None else None
-    return promote_dtype(x, layer.kernel.value, bias, dtype=layer.dtype)
+    promote = getattr(layer, "promote_dtype", dtypes.promote_dtype)
+    return promote((x, layer.kernel.value, bias), dtype=layer.dtype)
+
+
+def _dot_kwargs(preferred_element_type: Any, out_sharding: Any) -> dict[str, Any]:
+    """The optional keywords for a ``dot_general``/einsum op, only those that are set.
+
+    Leaving unset ones out keeps custom ops that do not take them working.
+    """
+    kwargs: dict[str, Any] = {}
+    if preferred_element_type is not None:
+        kwargs["preferred_element_type"] = preferred_element_type
+    if out_sharding is not None:
+        kwargs["out_sharding"] = out_sharding
+    return kwargs
 
 
 class Linear(Module):
@@ -67,7 +90,14 @@ class Linear(Module):
       param_dtype: dtype the parameters are stored in.
       precision: matmul precision passed to ``jax.lax.dot_general``.
       kernel_init, bias_init: initializers ``(key, shape, dtype) -> array``.
-      ctx: the :class:`~nnxlite.Context` to draw the ``params`` keys from.
+      dot_general: the contraction op (default ``jax.lax.dot_general``).
+      promote_dtype: ``fn((x, kernel, bias), dtype=..., inexact=...)`` casting
+        the operands (default :func:`nnxlite.nn.dtypes.promote_dtype`).
+      preferred_element_type: output dtype asked of ``dot_general``.
+      ctx: the :class:`~nnxlite.Context` to draw the ``params`` keys from
+        (``rngs=`` is the same parameter, flax.nnx's spelling).
+      kernel_metadata, bias_metadata: metadata set on the ``kernel``/``bias``
+        Params (e.g. ``{"sharding": ("embed", "mlp")}``).
     """
 
     def __init__(
@@ -81,26 +111,41 @@ class Linear(Module):
         precision: Any = None,
         kernel_init: Initializer = initializers.default_kernel_init,
         bias_init: Initializer = initializers.default_bias_init,
-        ctx: Context,
+        dot_general: Any = jax.lax.dot_general,
+        promote_dtype: Any = dtypes.promote_dtype,
+        preferred_element_type: Any = None,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        kernel_metadata: Mapping[str, Any] | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, "Linear", required=True)
         self.in_features = in_features
         self.out_features = out_features
         self.use_bias = use_bias
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
+        self.dot_general = dot_general
+        self.promote_dtype = promote_dtype
+        self.preferred_element_type = preferred_element_type
         self.kernel, self.bias = _kernel_and_bias(
-            kernel_init, (in_features, out_features), bias_init, (out_features,) if use_bias else None, param_dtype, ctx
+            kernel_init, (in_features, out_features), bias_init, (out_features,) if use_bias else None, param_dtype,
+            ctx, kernel_metadata, bias_metadata,
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+        x = inputs
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(
                 f"Linear(in_features={self.in_features}, out_features={self.out_features}) expected inputs whose "
                 f"last axis has size {self.in_features}, got shape {tuple(x.shape)}."
             )
         x, kernel, bias = _promoted(self, x)
-        y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+        y = self.dot_general(
+            x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision,
+            **_dot_kwargs(self.preferred_element_type, out_sharding),
+        )
         if bias is not None:
             y = y + bias
         return y
@@ -164,8 +209,12 @@ class LinearGeneral(Module):
       axis: the input axis or axes to contract (same length as ``in_features``).
       batch_axis: ``{axis: size}`` for leading batch axes with their own kernel;
         the axes must be ``0, 1, ...`` in order.
-      use_bias, dtype, param_dtype, precision, kernel_init, bias_init, ctx: as
-        for :class:`Linear`.
+      use_bias, dtype, param_dtype, precision, kernel_init, bias_init,
+        promote_dtype, preferred_element_type, ctx (or rngs),
+        kernel_metadata, bias_metadata: as for :class:`Linear`.
+      dot_general: the contraction op (None: ``jax.lax.dot_general``).
+      dot_general_cls: a class instantiated (no arguments) at each call to
+        give the contraction op; it wins over ``dot_general``.
     """
 
     def __init__(
@@ -178,11 +227,23 @@ class LinearGeneral(Module):
         use_bias: bool = True,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
-        precision: Any = None,
         kernel_init: Initializer = initializers.default_kernel_init,
         bias_init: Initializer = initializers.default_bias_init,
-        ctx: Context,
+        precision: Any = None,
+        promote_dtype: Any = dtypes.promote_dtype,
+        dot_general: Any = None,
+        dot_general_cls: Any = None,
+        preferred_element_type: Any = None,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        kernel_metadata: Mapping[str, Any] | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, "LinearGeneral", required=True)
+        self.promote_dtype = promote_dtype
+        self.dot_general = dot_general
+        self.dot_general_cls = dot_general_cls
+        self.preferred_element_type = preferred_element_type
         self.in_features = _as_tuple(in_features)
         self.out_features = _as_tuple(out_features)
         self.axis = _as_tuple(axis)
@@ -209,9 +270,11 @@ class LinearGeneral(Module):
         self.kernel, self.bias = _kernel_and_bias(
             _Reshaped(kernel_init, flat_kernel), kernel_shape,
             _Reshaped(bias_init, (math.prod(bias_shape),)), bias_shape if use_bias else None, param_dtype, ctx,
+            kernel_metadata, bias_metadata,
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+        x = inputs
         ndim = x.ndim
         axes = tuple(sorted(a % ndim for a in self.axis)) if ndim else ()
         if len(set(axes)) != len(self.axis) or any(not -ndim <= a < ndim for a in self.axis):
@@ -232,7 +295,14 @@ class LinearGeneral(Module):
         batch_axes = tuple(range(n_batch))
         kernel_in = tuple(n_batch + i for i in order)
         x, kernel, bias = _promoted(self, x)
-        y = jax.lax.dot_general(x, kernel, ((axes, kernel_in), (batch_axes, batch_axes)), precision=self.precision)
+        if self.dot_general_cls is not None:
+            dot_general = self.dot_general_cls()
+        else:
+            dot_general = self.dot_general if self.dot_general is not None else jax.lax.dot_general
+        y = dot_general(
+            x, kernel, ((axes, kernel_in), (batch_axes, batch_axes)), precision=self.precision,
+            **_dot_kwargs(self.preferred_element_type, out_sharding),
+        )
         if bias is not None:
             # dot_general puts batch axes first, then the free input axes, then the features.
             n_free = ndim - len(axes) - n_batch
@@ -259,8 +329,10 @@ class Einsum(Module):
         equation overrides the constructor's).
       kernel_shape: shape of ``kernel``.
       bias_shape: shape of ``bias``, or None for no bias.
-      dtype, param_dtype, precision, kernel_init, bias_init, ctx: as for
-        :class:`Linear`.
+      dtype, param_dtype, precision, kernel_init, bias_init, promote_dtype,
+        preferred_element_type, ctx (or rngs), kernel_metadata, bias_metadata:
+        as for :class:`Linear`.
+      einsum_op: the einsum function (default ``jnp.einsum``).
     """
 
     def __init__(
@@ -274,8 +346,18 @@ class Einsum(Module):
         precision: Any = None,
         kernel_init: Initializer = initializers.default_kernel_init,
         bias_init: Initializer = initializers.default_bias_init,
-        ctx: Context,
+        promote_dtype: Any = dtypes.promote_dtype,
+        einsum_op: Any = jnp.einsum,
+        preferred_element_type: Any = None,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        kernel_metadata: Mapping[str, Any] | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, "Einsum", required=True)
+        self.promote_dtype = promote_dtype
+        self.einsum_op = einsum_op
+        self.preferred_element_type = preferred_element_type
         self.einsum_str = None if einsum_str is None else _check_equation(einsum_str, tuple(kernel_shape))
         self.kernel_shape = tuple(kernel_shape)
         self.bias_shape = None if bias_shape is None else tuple(bias_shape)
@@ -283,10 +365,12 @@ class Einsum(Module):
         self.param_dtype = param_dtype
         self.precision = precision
         self.kernel, self.bias = _kernel_and_bias(
-            kernel_init, self.kernel_shape, bias_init, self.bias_shape, param_dtype, ctx
+            kernel_init, self.kernel_shape, bias_init, self.bias_shape, param_dtype, ctx,
+            kernel_metadata, bias_metadata,
         )
 
-    def __call__(self, x: jax.Array, einsum_str: str | None = None) -> jax.Array:
+    def __call__(self, inputs: jax.Array, einsum_str: str | None = None, out_sharding: Any = None) -> jax.Array:
+        x = inputs
         if einsum_str is None and self.einsum_str is None:
             raise ValueError(
                 "Einsum has no equation: pass einsum_str to the constructor or at call time, "
@@ -294,7 +378,7 @@ class Einsum(Module):
             )
         eq = self.einsum_str if einsum_str is None else _check_equation(einsum_str, self.kernel_shape)
         x, kernel, bias = _promoted(self, x)
-        y = jnp.einsum(eq, x, kernel, precision=self.precision)
+        y = self.einsum_op(eq, x, kernel, precision=self.precision, **_dot_kwargs(self.preferred_element_type, out_sharding))
         if bias is not None:
             shape = _bias_broadcast_shape(eq, self.kernel_shape, y.ndim)
             if math.prod(shape) != bias.size:

@@ -16,7 +16,7 @@ Statistics are computed in at least float32, even for half-precision inputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -25,11 +25,13 @@ from jax import lax
 
 from nnxlite.module import Module
 from nnxlite.nn import initializers
-from nnxlite.nn.dtypes import promote_dtype, result_dtype
+from nnxlite.nn import dtypes
+from nnxlite.nn.dtypes import result_dtype
 from nnxlite.nn.initializers import Initializer
 from nnxlite.functional import param_from_init
 from nnxlite.rng import Context
 from nnxlite.variables import BatchStat
+from nnxlite._rngs_arg import one_rng_arg
 
 __all__ = ["BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm"]
 
@@ -112,16 +114,25 @@ def _normalize(
     return jnp.asarray(y, result_dtype(x, scale, bias, dtype=dtype))
 
 
-def _feature_param(use: bool, init: Initializer, num_features: int, param_dtype: Any, ctx: Context | None):
+def _feature_param(
+    use: bool, init: Initializer, num_features: int, param_dtype: Any, ctx: Context | None,
+    metadata: Mapping[str, Any] | None = None,
+):
     """A ``Param`` of shape ``(num_features,)`` made by ``init``, or None when unused.
 
     Each parameter draws its own ``params`` key; the default initializers
-    (ones, zeros) ignore the key, so the Context is optional.
+    (ones, zeros) ignore the key, so the Context is optional. ``metadata``
+    (flax's ``scale_metadata=``/``bias_metadata=``) lands on the Param.
     """
     if not use:
         return None
     key = ctx.make_rng("params") if ctx is not None else jax.random.PRNGKey(0)
-    return param_from_init(init, key, (num_features,), param_dtype)
+    return param_from_init(init, key, (num_features,), param_dtype, **(metadata or {}))
+
+
+def _promote(module: Module, *arrays: Any) -> tuple:
+    """``arrays`` cast by the module's ``promote_dtype`` (called with one tuple, flax's convention)."""
+    return module.promote_dtype(arrays, dtype=module.dtype)
 
 
 def _params(module: Module) -> tuple[jax.Array | None, jax.Array | None]:
@@ -146,7 +157,7 @@ def _normalize_over_axes(module: Module, x: jax.Array, mask: jax.Array | None, *
     reduction_axes, feature_axes = _axes(x.ndim, module.reduction_axes), _axes(x.ndim, module.feature_axes)
     _check_features(module, x, feature_axes)
     scale, bias = _params(module)
-    x, scale, bias = promote_dtype(x, scale, bias, dtype=module.dtype)
+    x, scale, bias = _promote(module, x, scale, bias)
     mean, var = _moments(
         x, reduction_axes, dtype=module.dtype, use_mean=use_mean, use_fast_variance=module.use_fast_variance,
         axis_name=module.axis_name, axis_index_groups=module.axis_index_groups, mask=mask,
@@ -183,15 +194,18 @@ class BatchNorm(Module):
       axis_name, axis_index_groups: a ``pmap``/``shard_map`` axis name (and
         device groups) to average the batch statistics over.
       use_fast_variance: one-pass ``E[x^2] - E[x]^2`` (faster, less precise).
+      promote_dtype: ``fn((x, ...), dtype=...)`` casting the operands
+        (default :func:`nnxlite.nn.dtypes.promote_dtype`).
       ctx: a Context for the initializers' keys (optional: the default
-        initializers need none).
+        initializers need none); ``rngs=`` is the same parameter.
+      bias_metadata, scale_metadata: metadata set on ``bias``/``scale``.
     """
 
     def __init__(
         self,
         num_features: int,
         *,
-        use_running_average: bool = False,
+        use_running_average: bool | None = False,
         axis: int = -1,
         momentum: float = 0.99,
         epsilon: float = 1e-5,
@@ -204,8 +218,14 @@ class BatchNorm(Module):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: Any = dtypes.promote_dtype,
         ctx: Context | None = None,
+        rngs: Context | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
+        scale_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, "BatchNorm")
+        self.promote_dtype = promote_dtype
         self.num_features = num_features
         self.use_running_average = use_running_average
         self.axis = axis
@@ -221,29 +241,36 @@ class BatchNorm(Module):
         # Recipes too (zeros/ones), so nnx.transform's init_fn starts from fresh statistics.
         self.mean = param_from_init(initializers.zeros, None, (num_features,), jnp.float32, variable_type=BatchStat)
         self.var = param_from_init(initializers.ones, None, (num_features,), jnp.float32, variable_type=BatchStat)
-        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx)
-        self.bias = _feature_param(use_bias, bias_init, num_features, param_dtype, ctx)
+        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx, scale_metadata)
+        self.bias = _feature_param(use_bias, bias_init, num_features, param_dtype, ctx, bias_metadata)
 
     def __call__(
         self,
         x: jax.Array,
-        *,
         use_running_average: bool | None = None,
+        *,
         mask: jax.Array | None = None,
         ctx: Context | None = None,
+        rngs: Context | None = None,
     ) -> jax.Array:
         """Normalize ``x``; ``mask`` (broadcastable to ``x``) selects the entries the statistics use.
 
-        ``ctx`` is accepted (and ignored) so a model can pass one Context to
-        every layer.
+        ``ctx`` (or ``rngs``) is accepted (and ignored) so a model can pass
+        one Context to every layer.
         """
+        one_rng_arg(ctx, rngs, "BatchNorm.__call__")
         if use_running_average is None:
             use_running_average = self.use_running_average
+        if use_running_average is None:
+            raise ValueError(
+                "BatchNorm: use_running_average is None; pass it to the constructor or the call, "
+                "or set the mode with model.train() / model.eval()."
+            )
         feature_axes = _axes(x.ndim, self.axis)
         _check_features(self, x, feature_axes)
         reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
         scale, bias = _params(self)
-        x, mean, var, scale, bias = promote_dtype(x, self.mean.value, self.var.value, scale, bias, dtype=self.dtype)
+        x, mean, var, scale, bias = _promote(self, x, self.mean.value, self.var.value, scale, bias)
         if not use_running_average:
             mean, var = _moments(
                 x, reduction_axes, dtype=self.dtype, use_fast_variance=self.use_fast_variance,
@@ -274,7 +301,10 @@ class LayerNorm(Module):
       feature_axes: the axes ``scale``/``bias`` apply to (default: last).
       axis_name, axis_index_groups: average statistics across devices.
       use_fast_variance: one-pass ``E[x^2] - E[x]^2``.
-      ctx: optional Context for the initializers' keys.
+      promote_dtype: ``fn((x, scale, bias), dtype=...)`` casting the operands.
+      ctx: optional Context for the initializers' keys (``rngs=`` is the same
+        parameter).
+      bias_metadata, scale_metadata: metadata set on ``bias``/``scale``.
     """
 
     def __init__(
@@ -293,8 +323,14 @@ class LayerNorm(Module):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: Any = dtypes.promote_dtype,
         ctx: Context | None = None,
+        rngs: Context | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
+        scale_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, type(self).__name__)
+        self.promote_dtype = promote_dtype
         self.num_features = num_features
         self.epsilon = epsilon
         self.dtype = dtype
@@ -306,8 +342,8 @@ class LayerNorm(Module):
         self.axis_name = axis_name
         self.axis_index_groups = _freeze(axis_index_groups)
         self.use_fast_variance = use_fast_variance
-        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx)
-        self.bias = _feature_param(use_bias, bias_init, num_features, param_dtype, ctx)
+        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx, scale_metadata)
+        self.bias = _feature_param(use_bias, bias_init, num_features, param_dtype, ctx, bias_metadata)
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalize ``x``; ``mask`` selects the entries the statistics use."""
@@ -327,7 +363,8 @@ class RMSNorm(Module):
     Args:
       num_features, epsilon, dtype, param_dtype, use_scale, scale_init,
       reduction_axes, feature_axes, axis_name, axis_index_groups,
-      use_fast_variance, ctx: as for :class:`LayerNorm`.
+      use_fast_variance, promote_dtype, ctx (or rngs), scale_metadata: as for
+      :class:`LayerNorm`.
     """
 
     def __init__(
@@ -344,8 +381,13 @@ class RMSNorm(Module):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: Any = dtypes.promote_dtype,
         ctx: Context | None = None,
+        rngs: Context | None = None,
+        scale_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, type(self).__name__)
+        self.promote_dtype = promote_dtype
         self.num_features = num_features
         self.epsilon = epsilon
         self.dtype = dtype
@@ -356,9 +398,9 @@ class RMSNorm(Module):
         self.axis_name = axis_name
         self.axis_index_groups = _freeze(axis_index_groups)
         self.use_fast_variance = use_fast_variance
-        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx)
+        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx, scale_metadata)
 
-    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Normalize ``x``; ``mask`` selects the entries the statistics use."""
         return _normalize_over_axes(self, x, mask, use_mean=False)
 
@@ -384,7 +426,8 @@ class GroupNorm(Module):
       reduction_axes: the axes the statistics are taken over; must include
         the last axis. Default: every axis but the first (the batch axis).
       epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init,
-      axis_name, axis_index_groups, use_fast_variance, ctx: as for :class:`LayerNorm`.
+      axis_name, axis_index_groups, use_fast_variance, promote_dtype, ctx (or rngs),
+      bias_metadata, scale_metadata: as for :class:`LayerNorm`.
     """
 
     def __init__(
@@ -404,8 +447,14 @@ class GroupNorm(Module):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: Any = dtypes.promote_dtype,
         ctx: Context | None = None,
+        rngs: Context | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
+        scale_metadata: Mapping[str, Any] | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, "GroupNorm")
+        self.promote_dtype = promote_dtype
         if (num_groups is None) == (group_size is None):
             raise ValueError(
                 f"GroupNorm: give exactly one of num_groups and group_size (got num_groups={num_groups}, "
@@ -432,8 +481,8 @@ class GroupNorm(Module):
         self.axis_name = axis_name
         self.axis_index_groups = _freeze(axis_index_groups)
         self.use_fast_variance = use_fast_variance
-        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx)
-        self.bias = _feature_param(use_bias, bias_init, num_features, param_dtype, ctx)
+        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx, scale_metadata)
+        self.bias = _feature_param(use_bias, bias_init, num_features, param_dtype, ctx, bias_metadata)
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalize ``x`` (channels last); ``mask`` selects the entries the statistics use."""
@@ -446,7 +495,7 @@ class GroupNorm(Module):
             if last not in reduction_axes:
                 raise ValueError(f"GroupNorm: reduction_axes={self.reduction_axes} must include the last (channel) axis.")
         scale, bias = _params(self)
-        x, scale, bias = promote_dtype(x, scale, bias, dtype=self.dtype)
+        x, scale, bias = _promote(self, x, scale, bias)
         # View the channels as (groups, group_size) and reduce over the group's own axis.
         grouped = x.reshape(x.shape[:-1] + (self.num_groups, self.group_size))
         if mask is not None:

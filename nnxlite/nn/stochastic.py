@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from nnxlite.module import Module
 from nnxlite.rng import Context, RngStream
+from nnxlite._rngs_arg import one_rng_arg
 
 __all__ = ["Dropout"]
 
@@ -36,6 +37,8 @@ class Dropout(Module):
       rng_collection: the stream name to draw from.
       ctx: an optional Context (or one RngStream) kept for calls that do not
         pass one; its stream state then becomes part of the model's state.
+        ``rngs=`` is the same parameter (flax.nnx's spelling), here and at
+        call time.
     """
 
     def __init__(
@@ -43,10 +46,12 @@ class Dropout(Module):
         rate: float,
         *,
         broadcast_dims: Sequence[int] = (),
-        deterministic: bool = False,
+        deterministic: bool | None = False,
         rng_collection: str = "dropout",
         ctx: Context | RngStream | None = None,
+        rngs: Context | RngStream | None = None,
     ):
+        ctx = one_rng_arg(ctx, rngs, "Dropout")
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"Dropout: rate={rate} must be a probability in [0, 1].")
         self.rate = rate
@@ -57,14 +62,22 @@ class Dropout(Module):
 
     def __call__(
         self,
-        x: jax.Array,
+        inputs: jax.Array,
         *,
         deterministic: bool | None = None,
         ctx: Context | RngStream | jax.Array | None = None,
+        rngs: Context | RngStream | jax.Array | None = None,
     ) -> jax.Array:
-        """Apply dropout; ``ctx`` (a Context, an RngStream or a key) overrides the stored one for this call."""
+        """Apply dropout; ``ctx`` (or ``rngs``: a Context, an RngStream or a key) overrides the stored one."""
+        x = inputs
+        ctx = one_rng_arg(ctx, rngs, "Dropout.__call__")
         if deterministic is None:
             deterministic = self.deterministic
+        if deterministic is None:
+            raise ValueError(
+                "Dropout: deterministic is None; pass deterministic=True/False to the constructor or the call, "
+                "or set the mode with model.train() / model.eval()."
+            )
         if deterministic or self.rate == 0.0:
             return x
         if self.rate == 1.0:
@@ -109,8 +122,9 @@ def draw_key(source: Context | RngStream | jax.Array | None, stream: str, owner:
     """
     if source is None:
         raise ValueError(
-            f"{owner} needs random keys: pass ctx= at call time or construction "
-            f"(e.g. ctx=nnx.context({stream}=0)), or set deterministic=True / call model.eval()."
+            f"{owner} needs random keys: pass ctx= (or rngs=, the same parameter) at call time or construction "
+            f"(e.g. ctx=nnx.context({stream}=0) or rngs=nnx.Rngs({stream}=0)), or set deterministic=True / "
+            f"call model.eval()."
         )
     if isinstance(source, RngStream):
         return source()
