@@ -223,3 +223,16 @@ def test_grad_wrt_a_path_filter_reaches_a_shared_module_by_any_path():
     before = net.enc.bias.value
     opt.update(grads)
     np.testing.assert_allclose(net.enc.bias.value, before - 0.1 * grads["blocks"][1]["bias"])
+
+
+def test_vmap_axis_filter_reaches_a_shared_module_by_any_path():
+    net = nnx.Module()
+    net.blocks = [nnx.Linear(2, 2, ctx=nnx.context(0)), nnx.Linear(2, 2, ctx=nnx.context(1))]
+    net.enc = net.blocks[1]  # stored under blocks/1
+    kernels = jnp.stack([net.enc.kernel.value * i for i in range(3)])
+    net.enc.kernel.value = kernels  # one kernel per lane
+    net.enc.bias.value = jnp.zeros((3, 2))
+
+    f = nnx.vmap(lambda m, x: m.enc(x), in_axes=({nnx.PathContains("enc"): 0, ...: None}, None))
+    out = f(net, jnp.ones((1, 2)))
+    np.testing.assert_allclose(out, jnp.ones((1, 2)) @ kernels, rtol=1e-6)

@@ -581,11 +581,18 @@ def _check_axis(ax: Any, allowed: tuple, what: str) -> Any:
     return ax
 
 
-def _resolve(entry: Any, path: tuple, var: Variable, default: Any, rng_default: Any, allowed: tuple, what: str) -> Any:
-    """The axis of one Variable under a module's entry (int, None, Carry or a dict of filters)."""
+def _resolve(
+    entry: Any, path: tuple, var: Variable, default: Any, rng_default: Any, allowed: tuple, what: str, paths=None
+) -> Any:
+    """The axis of one Variable under a module's entry (int, None, Carry or a dict of filters).
+
+    ``paths``: all paths of a Variable in a shared sub-module (canonical first);
+    a path filter matches if any of them does (:func:`nnxlite.filters.matches`).
+    """
     if isinstance(entry, Mapping):
         for key, ax in entry.items():
-            if filterlib.to_predicate(key)(path, var):
+            pred = filterlib.to_predicate(key)
+            if pred(path, var) if paths is None else filterlib.matches(pred, paths, var):
                 return _check_axis(ax, allowed, what)
         base = default
     else:
@@ -601,9 +608,17 @@ def _state_specs(inputs: _Inputs, entries: list, default: Any, allowed: tuple, w
         return []
     root_pos = inputs.root_positions()
     gd = inputs.flat.graphdef
+    shared = graph._edges(gd)[2]
+
+    def all_paths(j: int, p: tuple):
+        if j not in shared:
+            return None
+        more = (q[1:] for q in graph._other_paths(gd, j) if q[0] == p[0])
+        return filterlib._LazyPaths(p[1:], more)
+
     return [
-        _resolve(entries[root_pos[p[0]]], p[1:], v, default, _SPLIT, allowed, what)
-        for p, v in zip(gd.paths, inputs.flat.variables)
+        _resolve(entries[root_pos[p[0]]], p[1:], v, default, _SPLIT, allowed, what, all_paths(j, p))
+        for j, (p, v) in enumerate(zip(gd.paths, inputs.flat.variables))
     ]
 
 
