@@ -197,6 +197,10 @@ def matches(predicate: Predicate, paths, variable: Variable) -> bool:
     :class:`Any` and :class:`Not` combine those per-Variable answers, so
     ``Not(PathContains('enc'))`` leaves out everything reachable as ``enc``.
     ``paths`` is iterated lazily, canonical path first.
+
+    >>> paths = [("blocks", 1, "kernel"), ("enc", "kernel")]
+    >>> matches(PathContains("enc"), paths, None), matches(Not(PathContains("enc")), paths, None)
+    (True, False)
     """
     any_path = getattr(predicate, "any_path", None)
     if any_path is not None:
