@@ -80,3 +80,17 @@ def test_pretrained_backbone(tmp_path):
     accuracy_after("pretrained backbone (frozen) + new head", stdout)
     accuracy_after("trained from scratch", stdout)
     assert (tmp_path / "backbone_digits_0-4.safetensors").is_file()
+
+
+def test_torch_backbone(tmp_path):
+    pytest.importorskip("torch", reason="the example needs the [interop] extra")
+    pytest.importorskip("safetensors")
+    stdout = run_example("torch_backbone", tmp_path)
+    accuracy_after("torch CNN on digits 0-4", stdout)
+    accuracy_after("the loaded model in nnxlite", stdout)
+    accuracy_after("torch backbone (frozen) + new head", stdout)
+    accuracy_after("trained from scratch", stdout)
+    diff = re.search(r"nnxlite logits vs torch logits on \d+ test images: max abs diff ([0-9.e+-]+)$", stdout, re.M)
+    assert diff, stdout
+    assert float(diff.group(1)) < 1e-4, "the loaded nnxlite model computes different logits from torch"
+    assert (tmp_path / "torch_cnn_digits_0-4.safetensors").is_file()

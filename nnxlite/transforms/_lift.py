@@ -25,6 +25,7 @@ transform needs on top of this.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import types
 import weakref
@@ -40,7 +41,7 @@ from nnxlite import filters as filterlib
 from nnxlite import graph
 from nnxlite.module import Dict as _TrackedDict
 from nnxlite.module import List as _TrackedList
-from nnxlite.rng import RngStream
+from nnxlite.rng import RngStream, _draw_lock
 from nnxlite.state import _fmt_path
 from nnxlite.variables import (
     _EMPTY_METADATA,
@@ -667,8 +668,48 @@ def _var_label(flat: graph._Flat, j: int) -> str:
 
 
 def _draw_split_keys(streams: list, n: int) -> list:
-    """One draw from each caller stream (advancing it), split into ``n`` keys."""
-    return [jax.random.split(stream(), n) for stream, _, _ in streams]
+    """One draw from each caller stream (advancing it), split into ``n`` keys.
+
+    Each draw is recorded so that :func:`_rewinds_draws_on_error` can undo it.
+    """
+    undo = _pending_draws.get()
+    keys = []
+    for stream, _, _ in streams:
+        before = stream.count.raw_value
+        keys.append(jax.random.split(stream(), n))
+        if undo is not None:
+            undo.append((stream, before, stream.count.raw_value))
+    return keys
+
+
+# The draws made by the transform call now running (see _rewinds_draws_on_error).
+_pending_draws: contextvars.ContextVar[list | None] = contextvars.ContextVar("nnxlite_pending_draws", default=None)
+
+
+def _rewinds_draws_on_error(wrapper: Callable) -> Callable:
+    """Make a transform's wrapper undo its split draws if the call raises.
+
+    A vmap/scan call draws from the caller's streams before running the body;
+    if the body (or anything after the draw) raises, the counters go back to
+    what they were, so a failed call leaves the caller's RNG state unchanged.
+    """
+
+    @functools.wraps(wrapper)
+    def guarded(*args, **kwargs):
+        undo: list = []
+        token = _pending_draws.set(undo)
+        try:
+            return wrapper(*args, **kwargs)
+        except BaseException:
+            with _draw_lock:  # only if no other thread drew since: its key must stay unique
+                for stream, before, after in reversed(undo):
+                    if stream.count.raw_value is after:
+                        stream.count.raw_value = before
+            raise
+        finally:
+            _pending_draws.reset(token)
+
+    return guarded
 
 
 def _axis_size(values: Sequence, axes: Sequence, given: int | None, what: str) -> int | None:

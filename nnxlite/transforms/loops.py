@@ -23,6 +23,7 @@ from nnxlite.transforms._lift import (
     _call_entries,
     _check_axis,
     _draw_split_keys,
+    _rewinds_draws_on_error,
     _dyn_axes,
     _enter,
     _fresh_count,
@@ -85,6 +86,7 @@ def scan(
     what = "nnx.scan"
     allowed = (int, None, Carry, _SPLIT)
 
+    @_rewinds_draws_on_error
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         inputs = _Inputs(args, kwargs)

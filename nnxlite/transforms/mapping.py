@@ -22,6 +22,7 @@ from nnxlite.transforms._lift import (
     _call_entries,
     _check_axis,
     _draw_split_keys,
+    _rewinds_draws_on_error,
     _dyn_axes,
     _enter,
     _fresh_count,
@@ -116,6 +117,7 @@ def vmap(
     what = "nnx.vmap"
     allowed = (int, None, _SPLIT)
 
+    @_rewinds_draws_on_error
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         inputs = _Inputs(args, kwargs)

@@ -1,0 +1,209 @@
+"""Where state-dict arrays come from: a mapping of arrays, or ``.safetensors`` files read tensor by tensor.
+
+A source answers three questions without loading every array first --
+which names, what shape, and the array for one name (as numpy) -- so a
+checkpoint is checked before anything is read and then read one tensor at
+a time. PyTorch is imported only to convert torch tensors, and reading
+``.safetensors`` needs no package at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class Source:
+    """Names, shapes and arrays of a state dict.
+
+    ``owns_arrays``: whether :meth:`read` returns fresh buffers nobody else
+    holds. Only then may a JAX array share their memory; a caller's torch
+    tensor or numpy array must be copied, or an in-place update on the torch
+    side would change the "immutable" JAX array.
+    """
+
+    owns_arrays = False
+
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def read(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+
+class MappingSource(Source):
+    """A dict of torch tensors, numpy arrays or JAX arrays."""
+
+    def __init__(self, mapping: Mapping[str, Any]):
+        self.mapping = mapping
+
+    def names(self) -> list[str]:
+        return list(self.mapping)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(np.shape(self.mapping[name]) if not hasattr(self.mapping[name], "shape")
+                     else self.mapping[name].shape)
+
+    def read(self, name: str) -> np.ndarray:
+        return to_numpy(self.mapping[name])
+
+
+class SafetensorsSource(Source):
+    """``.safetensors`` files read with plain file reads, one tensor at a time (no torch, no mmap).
+
+    The format is an 8-byte header length, a JSON header (name -> dtype,
+    shape, byte offsets) and the raw little-endian data. Each tensor is read
+    straight into the numpy buffer it ends up in, so loading holds the new
+    weights plus at most one tensor in flight; a memory map would also
+    leave every touched page of the file resident in the process.
+    """
+
+    owns_arrays = True
+
+    def __init__(self, files: list[Path], stack: ExitStack):
+        self.where: dict[str, tuple[Any, dict, int]] = {}
+        for f in files:
+            handle = stack.enter_context(open(f, "rb"))
+            header, data_start = _read_header(handle, f)
+            for name, info in header.items():
+                if name != "__metadata__":
+                    self.where[name] = (handle, info, data_start)
+
+    def names(self) -> list[str]:
+        return list(self.where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.where[name][1]["shape"])
+
+    def read(self, name: str) -> np.ndarray:
+        handle, info, data_start = self.where[name]
+        dtype = _dtype(info["dtype"], name)
+        start, end = info["data_offsets"]
+        out = np.empty(tuple(info["shape"]), dtype)
+        if out.nbytes != end - start:
+            raise ValueError(f"load_state_dict: {name!r} in {handle.name} has {end - start} bytes for "
+                             f"shape {tuple(info['shape'])} of {info['dtype']}; the file is damaged.")
+        if not out.nbytes:
+            return out
+        handle.seek(data_start + start)
+        if handle.readinto(memoryview(out.reshape(-1).view(np.uint8))) != out.nbytes:
+            raise ValueError(f"load_state_dict: {handle.name} ends inside {name!r}; the file is truncated.")
+        return out
+
+
+# safetensors dtype names -> numpy dtypes (all little-endian); the 8-bit floats and bfloat16 come from ml_dtypes.
+_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+}
+_ML_DTYPES = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+def _dtype(code: str, name: str) -> np.dtype:
+    if code in _DTYPES:
+        return np.dtype(_DTYPES[code])
+    if code in _ML_DTYPES:
+        import ml_dtypes  # installed with jax
+
+        return np.dtype(getattr(ml_dtypes, _ML_DTYPES[code]))
+    raise ValueError(f"load_state_dict: {name!r} has dtype {code}, which nnxlite cannot read.")
+
+
+def _read_header(handle: Any, path: Path) -> tuple[dict, int]:
+    raw = handle.read(8)
+    size = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+    if not 0 < size < 2**28:
+        raise ValueError(f"load_state_dict: {path} is not a .safetensors file (no header).")
+    try:
+        header = json.loads(handle.read(size))
+    except ValueError as err:
+        raise ValueError(f"load_state_dict: {path} has a damaged .safetensors header ({err}).") from None
+    return header, 8 + size
+
+
+@contextmanager
+def open_source(state_dict: Any) -> Iterator[Source]:
+    """A :class:`Source` for a mapping, a torch ``nn.Module``, a ``.safetensors`` file or a folder of them."""
+    if isinstance(state_dict, (str, os.PathLike)):
+        with ExitStack() as stack:
+            yield SafetensorsSource(safetensors_files(Path(state_dict)), stack)
+        return
+    if _is_torch(state_dict) and callable(getattr(state_dict, "state_dict", None)):
+        state_dict = state_dict.state_dict()  # an nn.Module
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"load_state_dict: expected a mapping of names to arrays (torch tensors or numpy arrays), a "
+            f"torch nn.Module, or the path of a .safetensors file or folder; got {type(state_dict).__name__}."
+        )
+    yield MappingSource(state_dict)
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    """The files to read for ``path``: itself, or a folder's ``model.safetensors`` (sharded or not)."""
+    if path.suffix in _PICKLE_SUFFIXES:
+        raise ValueError(
+            f"load_state_dict: {path} is a pickle file; nnxlite never unpickles checkpoints (unpickling "
+            f"runs arbitrary code). Convert it once where you trust it: "
+            f"safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')."
+        )
+    if path.is_dir():
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return [path / s for s in shards]
+        if (path / "model.safetensors").is_file():
+            return [path / "model.safetensors"]
+        found = sorted(path.glob("*.safetensors"))
+        if len(found) == 1:
+            return found
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        hint = f" It has pickle files {pickles}, which nnxlite does not read." if pickles else ""
+        raise FileNotFoundError(
+            f"load_state_dict: no model.safetensors (or model.safetensors.index.json) in {path}; "
+            f"found {len(found)} .safetensors files.{hint}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"load_state_dict: {path} does not exist.")
+    return [path]
+
+
+def _is_torch(x: Any) -> bool:
+    # Checked by module name so that nothing here imports torch.
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A numpy array from a torch tensor (any dtype, bfloat16 included), a JAX array or numpy."""
+    if _is_torch(x):
+        import torch  # only ever imported for torch inputs
+
+        t = x.detach().cpu()
+        if t.dtype == torch.bfloat16:
+            import ml_dtypes
+
+            return t.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
+        return t.numpy()
+    return np.asarray(x)
+
+
+def to_torch(a: np.ndarray) -> Any:
+    """A torch tensor holding ``a`` (bfloat16 kept as bfloat16)."""
+    import torch
+
+    a = np.asarray(a)
+    if not (a.flags.c_contiguous and a.flags.writeable):  # torch.from_numpy warns on read-only memory
+        a = a.copy(order="C")
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
