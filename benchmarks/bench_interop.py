@@ -128,14 +128,17 @@ def peak_extra(kind: str, path: str, quick: bool) -> int:
 
 
 # -- time, measured here -------------------------------------------------------------------------
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # first call: page cache, imports
-    times = []
+def median_seconds(fns: dict, repeats: int) -> dict:
+    """Median wall time of each function; the repeats are interleaved so machine noise hits all alike."""
+    for fn in fns.values():
+        fn()  # first call: page cache, imports
+    times: dict = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -166,16 +169,14 @@ def main() -> None:
 
         t_model = torch_model(**cfg)
         n_model = nnx_model(**cfg)
-        t_torch = median_seconds(lambda: t_model.load_state_dict(load_file(path)), args.repeats)
-        t_nnx = median_seconds(
-            lambda: jax.block_until_ready(nnx.state(n_model) if tx.load_state_dict(n_model, path) else None),
-            args.repeats,
-        )
         in_memory = reference.state_dict()
-        t_nnx_mem = median_seconds(
-            lambda: jax.block_until_ready(nnx.state(n_model) if tx.load_state_dict(n_model, in_memory) else None),
-            args.repeats,
-        )
+        times = median_seconds({
+            "torch": lambda: t_model.load_state_dict(load_file(path)),
+            "nnxlite": lambda: jax.block_until_ready(nnx.state(n_model) if tx.load_state_dict(n_model, path) else None),
+            "nnxlite-memory": lambda: jax.block_until_ready(
+                nnx.state(n_model) if tx.load_state_dict(n_model, in_memory) else None),
+        }, args.repeats)
+        t_torch, t_nnx, t_nnx_mem = times["torch"], times["nnxlite"], times["nnxlite-memory"]
         assert float(abs(n_model.blocks[0].fc1.kernel.value - reference.blocks[0].fc1.weight.detach().numpy().T).max()) == 0
 
         mem = {kind: peak_extra(kind, path, args.quick) for kind in ("torch", "nnxlite", "nnxlite-abstract")}

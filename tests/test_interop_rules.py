@@ -145,3 +145,32 @@ def test_damaged_safetensors_files_are_named(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(data[:-4])
     with pytest.raises(ValueError, match="truncated"):
         tx.load_state_dict(model, tmp_path / "cut.safetensors")
+
+
+def test_rule_that_only_transforms_keeps_the_name_both_ways():
+    """GPT-2's Conv1D stores Linear weights as (in, out): a transform-only rule fixes the layout."""
+    model = nnx.Sequence([nnx.Linear(3, 2, ctx=nnx.context(0))])
+    w_in_out = np.arange(6, dtype=np.float32).reshape(3, 2)
+    rules = [Rule(r"\.weight$", transform=np.transpose)]
+    tx.load_state_dict(model, {"0.weight": w_in_out, "0.bias": np.zeros(2, np.float32)}, rules=rules)
+    np.testing.assert_array_equal(model.layers[0].kernel.value, w_in_out)  # (in, out) is nnxlite's layout already
+    back = tx.state_dict(model, rules=rules, framework="numpy")
+    np.testing.assert_array_equal(back["0.weight"], w_in_out)
+
+
+def test_lazy_mapping_shapes_are_read_without_loading():
+    class Lazy(dict):
+        loaded: list = []
+
+        def shape(self, name):
+            return dict.__getitem__(self, name).shape
+
+        def __getitem__(self, name):
+            Lazy.loaded.append(name)
+            return dict.__getitem__(self, name)
+
+    model = nnx.Linear(3, 2, ctx=nnx.context(0))
+    lazy = Lazy(weight=np.zeros((5, 3), np.float32), bias=np.zeros(2, np.float32))
+    with pytest.raises(tx.StateDictError, match="found shape \\(5, 3\\), expected \\(2, 3\\)"):
+        tx.load_state_dict(model, lazy)
+    assert Lazy.loaded == []  # the check needed no array

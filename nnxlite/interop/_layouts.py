@@ -40,7 +40,9 @@ class Slot:
     paths: tuple[Path, ...]  # nnxlite Variable paths it fills (empty: accepted and ignored)
     torch_shape: tuple[int, ...]
     rule: str  # which built-in rule, for error messages
-    load: Callable[[np.ndarray], tuple[np.ndarray, ...]]  # PyTorch layout -> one array per path
+    # PyTorch layout -> one array per path, with the Variable's layout but maybe not its shape yet: a
+    # transposed view is reshaped after it is laid out densely (reshaping a view first would copy it slowly).
+    load: Callable[[np.ndarray], tuple[np.ndarray, ...]]
     export: Callable[..., np.ndarray]  # one array per path -> PyTorch layout
 
 
@@ -133,7 +135,7 @@ def _linear_general(module: LinearGeneral, name, path, variables) -> list[Slot]:
     kernel = Slot(
         _join(name, "weight"), (p,), (d_out, d_in),
         f"Linear.weight (out, in) = kernel {shape} flattened to (in, out), transposed",
-        lambda w: (w.T.reshape(shape),), lambda k: k.reshape(d_in, d_out).T,
+        lambda w: (w.T,), lambda k: k.reshape(d_in, d_out).T,  # reshaped when placed
     )
     out = [kernel]
     b = _present(variables, path, "bias")
@@ -225,7 +227,7 @@ def _attention(module: MultiHeadAttention, name, path, variables) -> list[Slot]:
         splits = np.cumsum([widths[k] for k in order])[:-1]
 
         def load_packed(w, order=order):
-            return tuple(part.T.reshape(shapes[k]) for k, part in zip(order, np.split(w, splits, axis=0)))
+            return tuple(part.T for part in np.split(w, splits, axis=0))  # reshaped when placed
 
         def export_packed(*ks, order=order):
             return np.concatenate([k.reshape(d_in, -1).T for k in ks], axis=0)
@@ -241,7 +243,7 @@ def _attention(module: MultiHeadAttention, name, path, variables) -> list[Slot]:
             out.append(Slot(
                 _join(name, torch_name), (kernels[k],), (widths[k], s[0]),
                 f"MultiheadAttention.{torch_name} (E, in) = {k}.kernel (in, heads, head_dim) transposed",
-                lambda w, s=s: (w.T.reshape(s),), lambda x, s=s: x.reshape(s[0], -1).T,
+                lambda w: (w.T,), lambda x, s=s: x.reshape(s[0], -1).T,  # reshaped when placed
             ))
     if None not in biases.values():
         order = ("query", "key", "value")

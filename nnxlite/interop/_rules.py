@@ -17,6 +17,9 @@ from typing import Any
 
 __all__ = ["Rule"]
 
+# The default target: the matched text itself, so the name is unchanged (a rule that only transforms).
+KEEP_NAME = r"\g<0>"
+
 # Regex characters that make a pattern more than "literal text with groups".
 _META = set(".^$*+?{}[]|()\\")
 
@@ -32,7 +35,7 @@ class Rule:
     inverse for :func:`~nnxlite.interop.torch.state_dict` (default: the same
     function, right for transposes).
 
-    >>> import re
+    >>> import numpy as np
     >>> rule = Rule(r"^encoder\\.layer\\.(\\d+)\\.", r"blocks.\\1.")
     >>> rule.apply("encoder.layer.3.attention.weight")
     'blocks.3.attention.weight'
@@ -40,10 +43,13 @@ class Rule:
     'encoder.layer.3.attention.weight'
     >>> Rule(r"\\.attn\\.bias$", None).apply("h.0.attn.bias") is None   # dropped
     True
+    >>> Rule(r"\\.c_fc\\.weight$", transform=np.transpose).apply("h.0.mlp.c_fc.weight")  # same name, transposed
+    'h.0.mlp.c_fc.weight'
 
     Args:
       pattern: a regular expression searched for in each name.
-      target: the replacement, or None to drop matching names.
+      target: the replacement, or None to drop matching names; by default
+        the name is kept (a rule that only transforms the array).
       transform: ``array -> array`` applied when loading a matching name.
       untransform: ``array -> array`` applied when exporting (default: ``transform``).
       inverse: ``(pattern, target)`` for exporting, when it cannot be derived.
@@ -54,7 +60,7 @@ class Rule:
     def __init__(
         self,
         pattern: str,
-        target: str | None,
+        target: str | None = KEEP_NAME,
         transform: Callable[[Any], Any] | None = None,
         *,
         untransform: Callable[[Any], Any] | None = None,
@@ -69,6 +75,8 @@ class Rule:
             self._inverse: tuple[re.Pattern, str] | str | None = (re.compile(inverse[0]), inverse[1])
         elif target is None:
             self._inverse = None
+        elif target == KEEP_NAME:
+            self._inverse = (self._regex, KEEP_NAME)
         else:
             self._inverse = _derive_inverse(pattern, target)
 

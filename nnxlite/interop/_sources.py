@@ -10,6 +10,8 @@ a time. PyTorch is imported only to convert torch tensors, and reading
 from __future__ import annotations
 
 import json
+import math
+import mmap
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -52,8 +54,12 @@ class MappingSource(Source):
         return list(self.mapping)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(np.shape(self.mapping[name]) if not hasattr(self.mapping[name], "shape")
-                     else self.mapping[name].shape)
+        # A lazy mapping (a reader that loads on __getitem__) may tell shapes without loading.
+        shape_of = getattr(self.mapping, "shape", None)
+        if callable(shape_of):
+            return tuple(shape_of(name))
+        value = self.mapping[name]
+        return tuple(value.shape if hasattr(value, "shape") else np.shape(value))
 
     def read(self, name: str) -> np.ndarray:
         return to_numpy(self.mapping[name])
@@ -90,7 +96,7 @@ class SafetensorsSource(Source):
         handle, info, data_start = self.where[name]
         dtype = _dtype(info["dtype"], name)
         start, end = info["data_offsets"]
-        out = np.empty(tuple(info["shape"]), dtype)
+        out = host_empty(tuple(info["shape"]), dtype)
         if out.nbytes != end - start:
             raise ValueError(f"load_state_dict: {name!r} in {handle.name} has {end - start} bytes for "
                              f"shape {tuple(info['shape'])} of {info['dtype']}; the file is damaged.")
@@ -176,6 +182,37 @@ def safetensors_files(path: Path) -> list[Path]:
     if not path.is_file():
         raise FileNotFoundError(f"load_state_dict: {path} does not exist.")
     return [path]
+
+
+def host_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialized array in its own anonymous memory map.
+
+    It is page-aligned, so ``jax.device_put`` on CPU adopts it instead of
+    copying, and its memory goes back to the OS when the last reference
+    does (freed checkpoint-sized blocks can stay resident in the malloc heap).
+    """
+    dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    buffer = mmap.mmap(-1, max(count * dtype.itemsize, 1))
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
+
+
+def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` (casting), tile by tile when ``src`` is a transposed view.
+
+    numpy copies a transposed matrix element by element in the destination's
+    order, touching a new cache line of the source for every element; in
+    128 x 128 tiles the lines are reused, which is about five times faster
+    for checkpoint-sized matrices.
+    """
+    if src.ndim < 2 or src.size < (1 << 16) or src.strides[-1] == src.itemsize:
+        np.copyto(dst, src, casting="unsafe")
+        return
+    tile = 128
+    rows, cols = src.shape[-2:]
+    for i in range(0, rows, tile):
+        for j in range(0, cols, tile):
+            np.copyto(dst[..., i:i + tile, j:j + tile], src[..., i:i + tile, j:j + tile], casting="unsafe")
 
 
 def _is_torch(x: Any) -> bool:

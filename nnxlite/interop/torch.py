@@ -37,7 +37,7 @@ import numpy as np
 from nnxlite import graph
 from nnxlite.interop._layouts import Slot, model_slots
 from nnxlite.interop._rules import Rule, apply_rules, check_invertible, invert_rules
-from nnxlite.interop._sources import open_source, to_torch
+from nnxlite.interop._sources import copy_into, host_empty, open_source, to_torch
 from nnxlite.state import State, _fmt_path
 from nnxlite.variables import Variable
 
@@ -86,21 +86,17 @@ def load_state_dict(
 
     The built-in layout rules, chosen by the nnxlite layer at the target:
 
-    ========================================  =====================================
-    PyTorch                                   nnxlite
-    ========================================  =====================================
-    ``Linear.weight`` (out, in)               ``Linear.kernel`` (in, out)
-    ``ConvNd.weight`` (out, in, *window)      ``Conv.kernel`` (*window, in, out)
-    ``ConvTransposeNd.weight`` (in, out, *w)  ``ConvTranspose.kernel`` (*w, in, out), window flipped
-    ``Embedding.weight``                      ``Embed.embedding``
-    ``LayerNorm``/``GroupNorm``/``RMSNorm``   ``scale`` (and ``bias``)
-    ``.weight``
-    ``BatchNorm`` ``weight``, ``bias``,       ``scale``, ``bias``, ``mean``, ``var``
-    ``running_mean``, ``running_var``         (``num_batches_tracked`` is dropped)
-    ``MultiheadAttention.in_proj_weight``     ``query``/``key``/``value`` kernels
-    (3E, E), ``in_proj_bias``, ``out_proj``   (E, heads, head_dim), ``out``
-    other Variables                           copied as they are
-    ========================================  =====================================
+    | PyTorch | nnxlite |
+    |---|---|
+    | ``Linear.weight`` (out, in) | ``Linear.kernel`` (in, out); ``LinearGeneral`` reshaped |
+    | ``ConvNd.weight`` (out, in, *window) | ``Conv.kernel`` (*window, in, out) |
+    | ``ConvTransposeNd.weight`` (in, out, *window) | ``ConvTranspose.kernel`` (*window, in, out), window flipped |
+    | ``Embedding.weight`` | ``Embed.embedding`` |
+    | ``LayerNorm``/``GroupNorm``/``RMSNorm`` ``.weight`` | ``.scale`` |
+    | ``BatchNorm`` ``running_mean``/``running_var`` | ``mean``/``var`` (``num_batches_tracked`` dropped) |
+    | ``MultiheadAttention.in_proj_weight`` (3E, E) | ``query``/``key``/``value`` kernels (E, heads, head_dim) |
+    | ``MultiheadAttention.out_proj`` | ``out`` |
+    | any other Variable | copied as is |
 
     Every check runs before anything is written: a name that fits nothing,
     a Variable that gets nothing (with ``strict=True``) or a shape that does
@@ -285,11 +281,18 @@ def _transformed(array: Any, transforms: list) -> Any:
 def _placed_like(part: np.ndarray, old: Any, *, may_alias: bool) -> Any:
     """``part`` as a JAX array with ``old``'s dtype, on ``old``'s devices.
 
-    Unless ``may_alias``, the data is copied first: on CPU ``device_put`` can
-    keep pointing at a numpy buffer, and a buffer shared with a torch tensor
-    would change under the JAX array when torch updates it in place.
+    On CPU ``device_put`` can adopt a numpy buffer instead of copying it.
+    That is what we want for a buffer this load made (``may_alias``), but a
+    buffer shared with the caller's torch tensor would change under the
+    "immutable" JAX array when torch updates it in place. Anything else is
+    laid out once in a fresh page-aligned buffer, which JAX then adopts.
     """
-    part = np.asarray(part, dtype=old.dtype) if may_alias else np.array(part, dtype=old.dtype, order="C")
+    part = np.asarray(part)
+    if not (may_alias and part.dtype == old.dtype and part.flags.c_contiguous):
+        dense = host_empty(part.shape, old.dtype)
+        copy_into(dense, part)
+        part = dense
+    part = part.reshape(old.shape)  # dense by now: a view
     sharding = getattr(old, "sharding", None) if isinstance(old, jax.Array) else None
     return jax.device_put(part, sharding)
 
