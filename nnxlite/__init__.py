@@ -12,6 +12,8 @@ from nnxlite import display
 from nnxlite.filters import All, Any, Not, PathContains
 from nnxlite.graph import GraphDef, ModuleDef, clone, graphdef, iter_graph, merge, pop, split, state, update
 from nnxlite.module import Dict, List, Module
+from nnxlite._data import DataLeaf, data, is_data, register_data_type, static
+from nnxlite.pytree import Object, Pytree, check_pytree, dataclass
 from nnxlite.rng import Context, ContextDef, Rngs, RngStream, context
 from nnxlite.state import State
 from nnxlite.variables import (
@@ -48,5 +50,8 @@ from nnxlite import checkpoint
 from nnxlite.checkpoint import restore, save
 from nnxlite import transforms
 from nnxlite.transforms import Carry, cond, eval_shape, grad, jit, remat, scan, switch, value_and_grad, vmap
+from nnxlite.transforms.lift_types import DiffState, StateAxes, StateSharding
+from nnxlite.transforms.modes import set_graph_mode, set_graph_updates
+from nnxlite.rng_split import SplitBackups, restore_rngs, split_rngs
 
 __version__ = "0.1.0"

@@ -69,8 +69,8 @@ def summary(node: Any) -> str:
     counts: Counter = Counter()
     sizes: Counter = Counter()
     flat = graph._flat(node)
-    for v in flat.variables:
-        name = type(v).__name__
+    for v, (t, _) in zip(flat.variables, flat.graphdef.vardefs):
+        name = t.__name__  # plain data leaves are listed as DataLeaf
         counts[name] += int(np.size(v.raw_value)) if hasattr(v.raw_value, "shape") else 1
         sizes[name] += _nbytes(v.raw_value)
     parts = []

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnxlite import _epoch
+from nnxlite import _data, _epoch
 from nnxlite import filters as filterlib
 from nnxlite.variables import _EMPTY_METADATA
 from nnxlite.state import State, StateStructure, _fmt_path, _key_error_text, _new_state, _key_order, path_sort_key
@@ -68,6 +68,11 @@ _TRACKED_CONTAINERS: tuple[type, ...] = ()
 _CACHE_KEY = "_nnx_flat"
 # A kind returned by _node_kind for containers the graph cannot rebuild faithfully.
 _UNSUPPORTED = -1
+# Per-instance data/static statuses (pytree.py); the one `_nnx_` attribute the
+# traversal keeps, as a static item, so a merged copy has the same statuses.
+STATUS_KEY = "_nnx_status"
+_DATA_DEF = (_data.DataLeaf, ())
+_SLOT_TYPES = {0: _data._AttrSlot, 1: _data._ListSlot, 2: _data._DictSlot}  # by node kind
 
 
 def register_node_base(cls: type) -> type:
@@ -116,7 +121,7 @@ def _has_graph_content(value: Any) -> bool:
 
 def _items(obj: Any, kind: int) -> list[tuple[Any, Any]]:
     if kind == OBJECT:
-        return [(k, v) for k, v in vars(obj).items() if not k.startswith("_nnx_")]
+        return [(k, v) for k, v in vars(obj).items() if not k.startswith("_nnx_") or k == STATUS_KEY]
     if kind == DICT:
         return list(obj.items())
     return list(enumerate(obj))
@@ -161,7 +166,10 @@ class GraphDef:
     (True, True)
     """
 
-    __slots__ = ("nodes", "vardefs", "paths", "root", "statics", "_hash", "_plan", "_structure", "_edges", "__weakref__")
+    __slots__ = (
+        "nodes", "vardefs", "paths", "root", "statics", "_hash", "_plan", "_data_leaves", "_structure", "_edges",
+        "__weakref__",
+    )
 
     def __init__(self, nodes: tuple, vardefs: tuple, paths: tuple, root: tuple, statics: tuple = ()):
         # nodes[i] = (type, kind, items); items = ((key, STATIC|VAR|NODE, payload), ...) in
@@ -175,6 +183,7 @@ class GraphDef:
         self.statics = statics
         self._hash = hash((nodes, vardefs, root, statics))
         self._plan = None
+        self._data_leaves = ()  # indices of plain data leaves; set with _plan
         self._structure = None
         self._edges = None
 
@@ -224,17 +233,33 @@ class _Flat:
     an edit made by another thread while it ran makes this entry stale.
     """
 
-    __slots__ = ("epoch", "graphdef", "variables", "aliases", "node_objects", "node_parents", "_node_paths", "groups")
+    __slots__ = (
+        "epoch", "graphdef", "variables", "aliases", "node_objects", "node_parents", "_node_paths", "groups",
+        "data_slots",
+    )
 
-    def __init__(self, epoch, graphdef, variables, aliases, node_objects, node_parents):
+    def __init__(self, epoch, graphdef, variables, aliases, node_objects, node_parents, data_slots=()):
         self.epoch = epoch
         self.graphdef = graphdef
-        self.variables = variables  # Variable objects, in graphdef.paths order
+        # Variable objects in graphdef.paths order; plain data leaves (array
+        # attributes) appear as live slots (``_data._Slot``) with the same
+        # ``raw_value`` interface, so readers and writers need not care.
+        self.variables = variables
         self.aliases = aliases  # every path that reaches a Variable directly -> its index
         self.node_objects = node_objects
         self.node_parents = node_parents  # node i was first reached as (parent index, key); root: None
         self._node_paths = None
         self.groups: dict = {}  # filters -> (index lists, structures)
+        self.data_slots = data_slots  # indices of the plain data leaves
+
+    def pytree_children(self) -> list:
+        """The JAX pytree children of the root: each Variable once, plain data leaves by value."""
+        if not self.data_slots:
+            return self.variables
+        children = list(self.variables)
+        for j in self.data_slots:
+            children[j] = children[j].raw_value
+        return children
 
     @property
     def node_paths(self) -> list:
@@ -276,6 +301,7 @@ def _traverse(root: Any, epoch: int | None = None) -> _Flat:
     vardefs: list = []
     aliases: dict[Path, int] = {}
     statics: list = []
+    data_slots: list[int] = []
     bad_static: list = []
     unsupported: list = []
     keys: list = []  # the keys from the root to the node on top of the stack
@@ -296,6 +322,16 @@ def _traverse(root: Any, epoch: int | None = None) -> _Flat:
         aliases[path] = j
         return j
 
+    def add_data(owner: Any, kind: int, key: Any, path: Path) -> int:
+        # A plain value is not an identity to share: each place is its own leaf.
+        j = len(variables)
+        data_slots.append(j)
+        variables.append(_data.slot(owner, key, _SLOT_TYPES[kind]))
+        paths.append(path)
+        vardefs.append(_DATA_DEF)
+        aliases[path] = j
+        return j
+
     def open_node(obj: Any, kind: int, parent) -> list:
         node_index[id(obj)] = len(nodes)
         nodes.append(None)
@@ -303,8 +339,11 @@ def _traverse(root: Any, epoch: int | None = None) -> _Flat:
         node_parents.append(parent)
         items = _items(obj, kind)
         order = items if kind == LIST or kind == TUPLE else sorted(items, key=lambda kv: _key_order(kv[0]))
-        # A frame: node index, object, kind, items in own order, iterator over sorted items, refs.
-        return [len(nodes) - 1, obj, kind, items, iter(order), {}]
+        status = None
+        if kind == OBJECT:
+            status = obj.__dict__.get(STATUS_KEY) or getattr(type(obj), "_nnx_class_status", None)
+        # A frame: node index, object, kind, items in own order, iterator over sorted items, refs, status.
+        return [len(nodes) - 1, obj, kind, items, iter(order), {}, status]
 
     if isinstance(root, Variable):
         root_ref = (VAR, add_variable(root, ()))
@@ -346,15 +385,24 @@ def _traverse(root: Any, epoch: int | None = None) -> _Flat:
                     in_module.append(in_module[-1] or child_kind == OBJECT)
                     descended = True
                     break
+                status = frame[6]
+                if frame[2] != TUPLE and key != STATUS_KEY and (
+                    _data.is_data_value(value) or (status is not None and status.get(key))
+                ):
+                    refs[key] = (VAR, add_data(frame[1], frame[2], key, (*keys, key)))
+                    continue
                 try:
                     hash(value)
                 except TypeError:
                     bad_static.append(((*keys, key), value))
+                else:
+                    if _data.annotation_of(value) is not None:
+                        bad_static.append(((*keys, key), value))
                 statics.append(_static_sig(value))
                 refs[key] = (STATIC, value)
             if descended:
                 continue
-            _, obj, kind, items, _, _ = stack.pop()
+            _, obj, kind, items, _, _, _ = stack.pop()
             in_module.pop()
             nodes[idx] = (type(obj), kind, tuple((k,) + refs[k] for k, _ in items))
             if stack:
@@ -364,7 +412,7 @@ def _traverse(root: Any, epoch: int | None = None) -> _Flat:
     if bad_static:
         raise _static_error(bad_static)
     gd = GraphDef(tuple(nodes), tuple(vardefs), tuple(paths), root_ref, tuple(statics))
-    return _Flat(epoch, gd, variables, aliases, node_objects, node_parents)
+    return _Flat(epoch, gd, variables, aliases, node_objects, node_parents, tuple(data_slots))
 
 
 def _unsupported_hint(value: Any) -> str:
@@ -419,10 +467,27 @@ def _static_error(bad: list) -> TypeError:
     lines = []
     for path, value in bad[:10]:
         what = type(value).__name__
+        if _data.annotation_of(value) is not None:
+            lines.append(
+                f"  {_fmt_path(path)}: an nnx.data(...)/nnx.static(...) marker inside a container; assign "
+                "nnx.data(...)/nnx.static(...) directly to a module attribute (self.x = nnx.data(...))"
+            )
+            continue
         if isinstance(value, (jax.Array, np.ndarray)):
-            hint = "wrap it in a Variable (e.g. nnx.Variable(x), or nnx.Param(x) to train it) so it travels as state"
+            hint = (
+                "an array inside a tuple is not state; use a list (or nnx.List), mark the attribute "
+                "nnx.data(...), or wrap it in a Variable (nnx.Param(x) to train it)"
+            )
+        elif isinstance(value, tuple):
+            hint = (
+                "a tuple holding arrays is not state; use a list (or nnx.List), mark the attribute "
+                "nnx.data(...), or wrap the arrays in Variables"
+            )
         else:
-            hint = "static attributes must be hashable: use a tuple or frozenset, or wrap it in a Variable"
+            hint = (
+                "static attributes must be hashable: use a tuple or frozenset, mark it nnx.data(...) "
+                "to make it state, or wrap it in a Variable"
+            )
         lines.append(f"  {_fmt_path(path)}: unhashable {what}; {hint}")
     return TypeError("Cannot split the graph: some attributes are neither state nor hashable static data.\n" + "\n".join(lines))
 
@@ -637,6 +702,7 @@ def _plan(gd: GraphDef):
     if gd._plan is not None:
         return gd._plan
     var_specs = [(t, dict(meta) if meta else _EMPTY_METADATA) for t, meta in gd.vardefs]
+    data_leaves = tuple(j for j, (t, _) in enumerate(gd.vardefs) if t is _data.DataLeaf)
     node_specs = []
     for node_type, kind, items in gd.nodes:
         template = {}
@@ -652,6 +718,7 @@ def _plan(gd: GraphDef):
     # Without back-references (cycles), children always have larger indices
     # than their parents, so one reverse pass can create and fill every node.
     acyclic = all(j > i for i, spec in enumerate(node_specs) for _, j in spec[4])
+    gd._data_leaves = data_leaves
     gd._plan = (var_specs, node_specs, acyclic)
     return gd._plan
 
@@ -669,11 +736,57 @@ def _build(gd: GraphDef, leaves: list) -> Any:
         v.raw_value = x
         v._metadata = meta
         append(v)
+    for j in gd._data_leaves:  # plain data goes back unboxed
+        variables[j] = leaves[j]
     if gd.root[0] == VAR:
         return variables[0]
     if acyclic:
         return _build_acyclic(node_specs, variables)
     return _build_cyclic(node_specs, variables)
+
+
+def rebuild(gd: GraphDef, children: Any) -> Any:
+    """The graph of ``gd`` around ready-made leaf objects (the JAX unflatten of a Pytree).
+
+    ``children[j]`` goes where Variable ``j`` was (a Variable, or whatever a
+    ``jax.tree.map`` put there) and plain data leaves are taken as they are.
+    """
+    _, node_specs, acyclic = _plan(gd)
+    if gd.root[0] == VAR:
+        return children[0]
+    if acyclic:
+        return _build_acyclic(node_specs, children)
+    return _build_cyclic(node_specs, children)
+
+
+def leaf_names(gd: GraphDef) -> list[str]:
+    """Readable access paths of each leaf, as ``jax.tree_util.keystr`` prints them (no leading dot).
+
+    ``layers[0].kernel`` for an attribute path, ``blocks['a'].w`` through a dict.
+    """
+    names = []
+    for path in gd.paths:
+        parts = []
+        kind = gd.nodes[0][1] if gd.root[0] == NODE else None
+        node = gd.root[1]
+        for key in path:
+            if kind == OBJECT:
+                parts.append(f".{key}" if isinstance(key, str) else f"[{key!r}]")
+            elif kind == DICT:
+                parts.append(f"[{key!r}]")
+            else:
+                parts.append(f"[{key}]")
+            if kind is None:
+                break
+            entry = next((e for e in gd.nodes[node][2] if e[0] == key), None)
+            if entry is None or entry[1] != NODE:
+                kind = None
+                continue
+            node = entry[2]
+            kind = gd.nodes[node][1]
+        name = "".join(parts)
+        names.append(name[1:] if name.startswith(".") else name)
+    return names
 
 
 def _filled(template: dict, var_slots, node_slots, variables: list, objs: list) -> dict:
@@ -943,7 +1056,7 @@ def iter_graph(node: Any) -> Iterator[tuple[Path, Any]]:
     """
     flat = _flat(node)
     entries = list(zip(flat.node_paths, flat.node_objects))
-    entries += list(zip(flat.graphdef.paths, flat.variables))
+    entries += list(zip(flat.graphdef.paths, flat.pytree_children()))
     entries.sort(key=lambda e: path_sort_key(e[0]))
     yield from entries
 

@@ -24,13 +24,12 @@ Lists and dicts assigned to a module become :class:`List` and :class:`Dict`
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from nnxlite import _epoch
 from nnxlite import filters as filterlib
 from nnxlite import graph
+from nnxlite.pytree import Dict, List, Pytree
 from nnxlite.state import State
 from nnxlite.variables import Variable
 
@@ -39,210 +38,8 @@ __all__ = ["Module", "List", "Dict"]
 M = TypeVar("M", bound="Module")
 
 
-def _track(value: Any) -> Any:
-    """Make a container assigned into a module trackable, or refuse it.
-
-    Plain lists and dicts (also inside tuples and namedtuples, at any depth)
-    become :class:`List` and :class:`Dict`, whose edits bump the structural
-    epoch; an object reachable twice is converted once, so sharing is kept.
-    An ``OrderedDict`` becomes a :class:`Dict` (dicts keep insertion order).
-    Other list/dict subclasses (``defaultdict``, user subclasses) would lose
-    their behaviour when split and merged and their edits would go unseen,
-    so they are refused with a ``TypeError``.
-    """
-    if not _needs_tracking(value):
-        return value
-    done: dict[int, Any] = {}
-    started: set[int] = set()
-    stack = [value]
-    while stack:  # post-order with an explicit stack: nesting depth is unbounded
-        obj = stack[-1]
-        key = id(obj)
-        if key in done:
-            stack.pop()
-            continue
-        children = list(obj.values()) if isinstance(obj, dict) else list(obj)
-        if key not in started:
-            started.add(key)
-            stack.extend(c for c in children if _needs_tracking(c) and id(c) not in done and id(c) not in started)
-            continue
-        stack.pop()
-        items = [done.get(id(c), c) for c in children]
-        t = type(obj)
-        if t is list:
-            new = List.__new__(List)
-            list.extend(new, items)
-        elif t is dict or t is OrderedDict:
-            new = Dict.__new__(Dict)
-            dict.update(new, zip(obj.keys(), items))
-        elif any(a is not b for a, b in zip(items, children)):
-            new = tuple(items) if t is tuple else t(*items)
-        else:
-            new = obj
-        done[key] = new
-    return done[id(value)]
-
-
-def _needs_tracking(value: Any) -> bool:
-    t = type(value)
-    if t is list or t is dict or t is OrderedDict:
-        return True
-    if isinstance(value, tuple):
-        return (t is tuple or hasattr(t, "_fields")) and any(isinstance(v, (list, dict, tuple)) for v in value)
-    if isinstance(value, (list, dict)) and not isinstance(value, (List, Dict)):
-        kind = "list" if isinstance(value, list) else "dict"
-        tracked = "nnx.List" if kind == "list" else "nnx.Dict"
-        raise TypeError(
-            f"A {t.__name__} (a {kind} subclass) cannot be stored in a module: nnxlite tracks edits only to "
-            f"plain {kind}s (converted to {tracked}) and to subclasses of {tracked}, and split/merge would "
-            f"rebuild a {t.__name__} without its extra state. Use a plain {kind}"
-            + (" and dict.setdefault / dict.get for defaults" if isinstance(value, defaultdict) else "")
-            + f", or subclass {tracked}."
-        )
-    return False
-
-
-class List(list):
-    """A ``list`` that tells graph caches when it changes. Created automatically."""
-
-    __slots__ = ()
-
-    def __init__(self, iterable=()):
-        list.__init__(self, (_track(v) for v in iterable))
-
-    def __setitem__(self, index, value):
-        value = [_track(v) for v in value] if isinstance(index, slice) else _track(value)
-        list.__setitem__(self, index, value)
-        _epoch.bump()
-
-    def __delitem__(self, index):
-        list.__delitem__(self, index)
-        _epoch.bump()
-
-    def __iadd__(self, other):
-        list.extend(self, (_track(v) for v in other))
-        _epoch.bump()
-        return self
-
-    def __imul__(self, n):
-        list.__imul__(self, n)
-        _epoch.bump()
-        return self
-
-    def append(self, value):
-        list.append(self, _track(value))
-        _epoch.bump()
-
-    def extend(self, values):
-        list.extend(self, (_track(v) for v in values))
-        _epoch.bump()
-
-    def insert(self, index, value):
-        list.insert(self, index, _track(value))
-        _epoch.bump()
-
-    def pop(self, index=-1):
-        out = list.pop(self, index)
-        _epoch.bump()
-        return out
-
-    def remove(self, value):
-        for i, v in enumerate(self):
-            if v is value:
-                del self[i]
-                return
-        list.remove(self, value)
-        _epoch.bump()
-
-    def clear(self):
-        list.clear(self)
-        _epoch.bump()
-
-    def sort(self, *args, **kwargs):
-        list.sort(self, *args, **kwargs)
-        _epoch.bump()
-
-    def reverse(self):
-        list.reverse(self)
-        _epoch.bump()
-
-    def __reduce_ex__(self, protocol):
-        return (List, (list(self),))
-
-
-class Dict(dict):
-    """A ``dict`` that tells graph caches when it changes. Created automatically."""
-
-    __slots__ = ()
-
-    def __init__(self, *args, **kwargs):
-        dict.__init__(self, *args, **kwargs)
-        for k, v in dict.items(self):
-            dict.__setitem__(self, k, _track(v))
-
-    def __setitem__(self, key, value):
-        dict.__setitem__(self, key, _track(value))
-        _epoch.bump()
-
-    def __delitem__(self, key):
-        dict.__delitem__(self, key)
-        _epoch.bump()
-
-    def __ior__(self, other):
-        self.update(other)
-        return self
-
-    def update(self, *args, **kwargs):
-        for k, v in dict(*args, **kwargs).items():
-            dict.__setitem__(self, k, _track(v))
-        _epoch.bump()
-
-    def setdefault(self, key, default=None):
-        if key not in self:
-            self[key] = default
-        return dict.__getitem__(self, key)
-
-    def pop(self, *args):
-        out = dict.pop(self, *args)
-        _epoch.bump()
-        return out
-
-    def popitem(self):
-        out = dict.popitem(self)
-        _epoch.bump()
-        return out
-
-    def clear(self):
-        dict.clear(self)
-        _epoch.bump()
-
-    def __reduce_ex__(self, protocol):
-        return (Dict, (dict(self),))
-
-
-class Module:
+class Module(Pytree):
     """Base class for layers and models. See the module docstring for an example."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        current = self.__dict__.get(name, _MISSING)
-        if current is value:
-            return  # e.g. `self.count += 1` re-assigns the same Variable: not structural
-        try:
-            value = _track(value)
-        except TypeError as err:
-            raise TypeError(f"{type(self).__name__}.{name}: {err}") from None
-        object.__setattr__(self, name, value)
-        _epoch.bump()
-
-    def __delattr__(self, name: str) -> None:
-        object.__delattr__(self, name)
-        _epoch.bump()
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_nnx_")}
-
-    def __setstate__(self, state):
-        object.__setattr__(self, "__dict__", dict(state))
 
     # -- the seed-003 spelling of the graph operations ---------------------------
     def partition(self: M, *filters: filterlib.Filter) -> tuple[Any, graph.GraphDef]:
@@ -354,10 +151,4 @@ class Module:
 
         return display.render_module(self, path, subtree_renderer)
 
-
-_MISSING = object()
-
-graph.register_node_base(Module)
-graph.register_tracked_container(List)
-graph.register_tracked_container(Dict)
 

@@ -3,8 +3,10 @@
 A ``State`` maps paths (tuples of attribute names and list indices, such as
 ``('layers', 0, 'kernel')``) to values. It is *flat first*: internally it is
 a list of leaves plus one shared, hashable :class:`StateStructure` (the paths
-and each leaf's Variable type and metadata), so flattening it for ``jax.jit``
-is a constant-time hand-off. It also reads like a nested dict::
+and each leaf's Variable type and metadata), so the graph functions and the
+nnx transforms hand its leaves over without walking anything. To JAX it is
+the nested dict it reads as (key paths ``['layers'][0]['kernel']``, so orbax
+restores it as nested names), at about a nested dict's flattening cost::
 
     >>> import jax, jax.numpy as jnp
     >>> import nnxlite as nnx
@@ -59,13 +61,14 @@ class StateStructure:
     which is the common case (states from one split share it).
     """
 
-    __slots__ = ("paths", "defs", "_hash", "_index")
+    __slots__ = ("paths", "defs", "_hash", "_index", "_nest")
 
     def __init__(self, paths: tuple[Path, ...], defs: tuple[VarDef, ...] | None):
         self.paths = paths
         self.defs = defs
         self._hash: int | None = None
         self._index: dict[Path, int] | None = None
+        self._nest: Any = None  # the nested pytree layout, built on first flatten (_nest_plan)
 
     @property
     def index(self) -> dict[Path, int]:
@@ -290,7 +293,7 @@ class State(Mapping):
         s = self._structure
         for i, (p, v) in enumerate(zip(s.paths, self._leaves)):
             t = s.def_at(i)[0]
-            tag = "" if t is Variable else f"{t.__name__}: "
+            tag = "" if t is Variable or t.__name__ == "DataLeaf" else f"{t.__name__}: "
             val = _short(v)
             lines.append(f"  {'/'.join(map(str, p))}: {tag}{val},")
         lines.append("})")
@@ -363,16 +366,79 @@ def _key_error_text(what: str, missing, extra) -> str:
     return "\n".join(lines)
 
 
+# -- the pytree registration ------------------------------------------------------------
+# A State flattens as the nested dict it reads as: its children are the values of
+# its top-level keys (nested dicts below them), keyed DictKey per level, so key
+# paths are flax's (`['linear1']['bias']`) and orbax restores a nested dict of
+# names. The dict layout is computed once per StateStructure; flattening is then
+# one C++ `unflatten` of the leaves into that layout.
+class _FlatLayout:
+    """Marks a structure that cannot nest (a path prefixing another, mixed key types, ...)."""
+
+
+_FLAT = _FlatLayout()
+
+
+def _nest_plan(s: StateStructure):
+    plan = s._nest
+    if plan is None:
+        plan = s._nest = _make_nest_plan(s.paths)
+    return plan
+
+
+def _make_nest_plan(paths: tuple[Path, ...]):
+    skeleton: dict = {}
+    for i, p in enumerate(paths):
+        if not p:
+            return _FLAT
+        d = skeleton
+        for k in p[:-1]:
+            d = d.setdefault(k, {})
+            if not isinstance(d, dict):
+                return _FLAT
+        if p[-1] in d:
+            return _FLAT
+        d[p[-1]] = i
+    try:
+        top = sorted(skeleton)  # JAX sorts dict keys; the top level must match it
+        order, treedef = jax.tree_util.tree_flatten([skeleton[k] for k in top])
+    except (TypeError, ValueError):  # keys of mixed types cannot be sorted
+        return _FLAT
+    perm = None if order == list(range(len(paths))) else tuple(order)
+    return tuple(jax.tree_util.DictKey(k) for k in top), treedef, perm
+
+
 def _flatten_state(st: State):
-    return st._leaves, st._structure
+    s = st._structure
+    plan = s._nest or _nest_plan(s)
+    if plan is _FLAT:
+        return st._leaves, s
+    _, treedef, perm = plan
+    leaves = st._leaves if perm is None else [st._leaves[i] for i in perm]
+    return treedef.unflatten(leaves), s
 
 
 def _flatten_state_with_keys(st: State):
-    return [(jax.tree_util.DictKey(p), v) for p, v in zip(st._structure.paths, st._leaves)], st._structure
+    s = st._structure
+    plan = s._nest or _nest_plan(s)
+    if plan is _FLAT:
+        return [(jax.tree_util.DictKey(p), v) for p, v in zip(s.paths, st._leaves)], s
+    children, _ = _flatten_state(st)
+    return list(zip(plan[0], children)), s
 
 
-def _unflatten_state(structure: StateStructure, leaves) -> State:
-    return _new_state(list(leaves), structure)
+def _unflatten_state(structure: StateStructure, children) -> State:
+    plan = structure._nest or _nest_plan(structure)
+    if plan is _FLAT:
+        return _new_state(list(children), structure)
+    _, treedef, perm = plan
+    leaves = treedef.flatten_up_to(list(children))
+    if perm is not None:
+        ordered = [None] * len(leaves)
+        for pos, i in enumerate(perm):
+            ordered[i] = leaves[pos]
+        leaves = ordered
+    return _new_state(leaves, structure)
 
 
 jax.tree_util.register_pytree_with_keys(

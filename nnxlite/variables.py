@@ -48,6 +48,14 @@ def _flatten_variable(v: "Variable"):
     return (v.raw_value,), (type(v), _freeze(v._metadata))
 
 
+_VALUE_KEY = jax.tree_util.GetAttrKey("value")
+
+
+def _flatten_variable_with_keys(v: "Variable"):
+    # The key makes paths read as flax's do: `.kernel.value`.
+    return ((_VALUE_KEY, v.raw_value),), (type(v), _freeze(v._metadata))
+
+
 def _unflatten_variable(aux, children):
     variable_type, metadata = aux
     return _make(variable_type, children[0], dict(metadata))
@@ -69,7 +77,9 @@ class _VariableMeta(type):
     def __new__(mcls, name, bases, namespace, **kwargs):
         namespace.setdefault("__slots__", ())
         cls = super().__new__(mcls, name, bases, namespace, **kwargs)
-        jax.tree_util.register_pytree_node(cls, _flatten_variable, _unflatten_variable)
+        jax.tree_util.register_pytree_with_keys(
+            cls, _flatten_variable_with_keys, _unflatten_variable, flatten_func=_flatten_variable
+        )
         return cls
 
 

@@ -96,3 +96,58 @@ def test_checkpoint_manager_with_optimizer(tmp_path):
     optimizer.update(nnx.grad(loss_fn)(model, x))
     resumed.update(nnx.grad(loss_fn)(resumed.model, x))
     assert_same(host(resumed), host(optimizer))
+
+
+def _names(tree):
+    return {k: _names(v) if isinstance(v, dict) else tuple(np.shape(v)) for k, v in tree.items()}
+
+
+def _strip_value(tree):
+    """flax's State leaves are Variables, so its raw checkpoints end each path in 'value'."""
+    if isinstance(tree, dict):
+        if set(tree) == {"value"} and not isinstance(tree["value"], dict):
+            return tree["value"]
+        return {k: _strip_value(v) for k, v in tree.items()}
+    return tree
+
+
+def _save_restore_raw(tmp_path, state):
+    with ocp.CheckpointManager(tmp_path) as manager:
+        manager.save(1, args=ocp.args.StandardSave(state))
+        manager.wait_until_finished()
+        return manager.restore(1)  # no target: orbax rebuilds the tree from the saved key paths
+
+
+def test_state_restored_without_target_is_a_nested_dict_of_names(tmp_path):
+    model = nnx.Sequence([nnx.Linear(2, 3, ctx=nnx.context(0)), nnx.BatchNorm(3, ctx=nnx.context(0))])
+    raw = _save_restore_raw(tmp_path / "ours", nnx.state(model))
+    assert _names(raw) == {
+        "layers": {
+            "0": {"bias": (3,), "kernel": (2, 3)},
+            "1": {"bias": (3,), "mean": (3,), "scale": (3,), "var": (3,)},
+        }
+    }
+    state = nnx.state(model)
+    state.replace_by_pure_dict({"layers": {int(k): v for k, v in raw["layers"].items()}})
+    nnx.update(model, state)
+
+
+def test_state_checkpoint_names_match_flax(tmp_path):
+    fnnx = pytest.importorskip("flax.nnx")
+
+    class F(fnnx.Module):
+        def __init__(self, rngs):
+            self.linear1 = fnnx.Linear(2, 3, rngs=rngs)
+            self.layers = fnnx.List([fnnx.Linear(3, 3, rngs=rngs)])
+            self.bn = fnnx.BatchNorm(3, rngs=rngs)
+
+    class N(nnx.Module):
+        def __init__(self, ctx):
+            self.linear1 = nnx.Linear(2, 3, ctx=ctx)
+            self.layers = nnx.List([nnx.Linear(3, 3, ctx=ctx)])
+            self.bn = nnx.BatchNorm(3, ctx=ctx)
+
+    theirs = _save_restore_raw(tmp_path / "flax", fnnx.state(F(fnnx.Rngs(0))))
+    ours = _save_restore_raw(tmp_path / "ours", nnx.state(N(nnx.context(0))))
+    assert _names(ours) == _names(_strip_value(theirs))
+

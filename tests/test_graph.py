@@ -230,8 +230,12 @@ def test_iter_graph_visits_each_object_once():
 def test_unhashable_static_attribute_error_names_path():
     model = nnx.Module()
     model.sub = nnx.Module()
-    model.sub.table = jnp.zeros(3)
-    with pytest.raises(TypeError, match=r"sub/table: unhashable .*wrap it in a Variable"):
+    model.sub.table = {1, 2}.__class__  # hashable: fine
+    model.sub.pair = (jnp.zeros(3), 1)  # arrays inside a tuple are not state (flax refuses too)
+    with pytest.raises(TypeError, match=r"sub/pair: unhashable tuple.*nnx.List.*Variable"):
+        nnx.split(model)
+    model.sub.pair = bytearray(b"x")
+    with pytest.raises(TypeError, match=r"sub/pair: unhashable bytearray.*nnx.data"):
         nnx.split(model)
 
 

@@ -8,7 +8,7 @@ import nnxlite as nnx
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CORE = ["_epoch", "variables", "filters", "state", "graph", "module", "rng"]
+CORE = ["_epoch", "_data", "variables", "filters", "state", "graph", "pytree", "module", "rng"]
 
 
 def test_core_does_not_import_display_transforms_or_layers_at_load():

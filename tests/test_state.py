@@ -91,3 +91,20 @@ def test_missing_key_error_lists_available():
     state = nnx.state(nnx.Linear(2, 3, ctx=nnx.context(0)))
     with pytest.raises(KeyError, match="top-level keys are"):
         state["nope"]
+
+
+def test_state_key_paths_are_nested_dict_keys():
+    state = nnx.state(nnx.Sequence([nnx.Linear(2, 3, ctx=nnx.context(0))]))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    assert paths == ["['layers'][0]['bias']", "['layers'][0]['kernel']"]
+    leaves, treedef = jax.tree.flatten(state)
+    assert [x.shape for x in leaves] == [(3,), (2, 3)]
+    back = jax.tree.unflatten(treedef, leaves)
+    assert back.paths() == state.paths() and all(a is b for a, b in zip(back.leaves(), leaves))
+
+
+def test_state_with_mixed_key_types_falls_back_to_flat_keys():
+    state = nnx.State({("a",): 1.0, (0,): 2.0})
+    leaves, treedef = jax.tree.flatten(state)
+    assert leaves == [2.0, 1.0]
+    assert jax.tree.unflatten(treedef, [3.0, 4.0]).to_pure_dict() == {0: 3.0, "a": 4.0}

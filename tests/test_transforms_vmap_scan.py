@@ -147,7 +147,9 @@ def test_vmap_split_on_stacked_stream_is_an_error():
     stacked = nnx.vmap(lambda c: nnx.context(jax.random.fold_in(c.default(), 1)), axis_size=3)(nnx.context(0))
     assert stacked.default.key.shape == (3, 2)
     with pytest.raises(ValueError, match="already stacked"):
-        nnx.vmap(lambda c: c.default())(stacked)
+        nnx.vmap(lambda c: c.default(), in_axes={nnx.RngState: "split"})(stacked)
+    # An already-split stream takes its entry's int axis (flax.nnx code maps split_rngs keys this way).
+    assert distinct(nnx.vmap(lambda c: c.default())(stacked)) == 3
     keys = nnx.vmap(lambda c: c.default(), in_axes={nnx.RngState: 0})(stacked)
     assert distinct(keys) == 3 and stacked.default.count.shape == (3,)
 

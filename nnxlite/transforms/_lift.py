@@ -37,14 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnxlite import _epoch
+
 from nnxlite import filters as filterlib
 from nnxlite import graph
 from nnxlite.module import Dict as _TrackedDict
 from nnxlite.module import List as _TrackedList
 from nnxlite.rng import RngStream, _draw_lock
 from nnxlite.state import _fmt_path
+from nnxlite.transforms.lift_types import is_lift_type
 from nnxlite.variables import (
     _EMPTY_METADATA,
+    RngKey,
     RngState,
     TracerLeakError,
     Variable,
@@ -397,6 +400,8 @@ def _apply(meta: _Meta, aligned: Sequence, extra: Sequence, plain: list, outer: 
         else:
             v = _make(t, next(it_extra), md)
         variables.append(v)
+    for j in gd._data_leaves:  # plain data leaves (array attributes) go into nodes unboxed
+        variables[j] = variables[j].raw_value
     objs: list = [None] * len(node_specs)
     for i, (t, kind, *_rest) in enumerate(node_specs):
         o = meta.node_origin[i]
@@ -534,7 +539,12 @@ def _prefix_entries(prefix: Any, tree: Any, is_entry: Callable, what: str) -> li
             f"{what}: the entry for a {type(tree).__name__} must be an int, None or a dict "
             f"{{filter: axis}}, got {prefix!r}."
         )
-    structural = isinstance(prefix, Mapping) and isinstance(tree, Mapping) and all(isinstance(k, str) for k in prefix)
+    structural = (
+        isinstance(prefix, Mapping)
+        and isinstance(tree, Mapping)
+        and not is_lift_type(prefix)  # nnx.StateAxes/StateSharding are always one entry
+        and all(isinstance(k, str) for k in prefix)
+    )
     if not structural and is_entry(prefix):
         return [prefix] * len(jax.tree_util.tree_leaves(tree, is_leaf=_is_node))
     p_children, p_def = _one_level(prefix)
@@ -598,17 +608,54 @@ def _resolve(
         base = default
     else:
         base = entry
-    if rng_default is not None and isinstance(var, RngState):
-        return rng_default
+    if rng_default is not None and isinstance(var, RngState) and not _is_stacked_rng(var):
+        return rng_default  # streams are split by default; already-split ones take the entry's axis
     return _check_axis(base, allowed, what)
 
 
+def _is_stacked_rng(var: Variable) -> bool:
+    """An RNG key/count that already holds one entry per lane (e.g. after ``nnx.split_rngs``)."""
+    x = var.raw_value
+    base = 0
+    if isinstance(var, RngKey) and not jax.dtypes.issubdtype(getattr(x, "dtype", np.uint32), jax.dtypes.prng_key):
+        base = 1  # a legacy uint32[2] key
+    return np.ndim(x) > base
+
+
+def _reach(gd: graph.GraphDef, node: int) -> list[tuple[tuple, int]]:
+    """``(path relative to node, Variable index)`` for every Variable reachable from ``node``, once each."""
+    out, seen, stack = [], set(), [(node, ())]
+    while stack:
+        i, path = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        for key, tag, payload in gd.nodes[i][2]:
+            if tag == _VAR:
+                out.append((path + (key,), payload))
+            elif tag == _NODE:
+                stack.append((payload, path + (key,)))
+    return out
+
+
+def _root_reach(gd: graph.GraphDef, k: int) -> list[tuple[tuple, int]]:
+    """What joint-traversal root ``k`` reaches (the root itself when it is a Variable)."""
+    _, tag, payload = gd.nodes[0][2][k]
+    return [((), payload)] if tag == _VAR else _reach(gd, payload)
+
+
 def _state_specs(inputs: _Inputs, entries: list, default: Any, allowed: tuple, what: str) -> list:
-    """The axis spec of each input Variable, from the entry of the argument that owns it."""
+    """The axis spec of each input Variable, from the entry of the argument that owns it.
+
+    A Variable reachable from several arguments (the same module passed twice,
+    or a module and its sub-module) must get the same axis from each of
+    their entries; otherwise this raises instead of letting one entry win.
+    """
     if inputs.flat is None:
         return []
     root_pos = inputs.root_positions()
-    gd = inputs.flat.graphdef
+    flat = inputs.flat
+    gd = flat.graphdef
     shared = graph._edges(gd)[2]
 
     def all_paths(j: int, p: tuple):
@@ -617,10 +664,48 @@ def _state_specs(inputs: _Inputs, entries: list, default: Any, allowed: tuple, w
         more = (q[1:] for q in graph._other_paths(gd, j) if q[0] == p[0])
         return filterlib._LazyPaths(p[1:], more)
 
-    return [
+    specs = [
         _resolve(entries[root_pos[p[0]]], p[1:], v, default, _SPLIT, allowed, what, all_paths(j, p))
-        for j, (p, v) in enumerate(zip(gd.paths, inputs.flat.variables))
+        for j, (p, v) in enumerate(zip(gd.paths, flat.variables))
     ]
+    if len(root_pos) > 1:
+        for k in range(len(root_pos)):
+            entry = entries[root_pos[k]]
+            for rel, j in _root_reach(gd, k):
+                if gd.paths[j][0] == k:
+                    continue  # its own canonical root: that is where specs[j] came from
+                ax = _resolve(entry, rel, flat.variables[j], default, _SPLIT, allowed, what)
+                if ax != specs[j]:
+                    raise ValueError(
+                        f"{what}: {_var_label(flat, j)} is shared with argument {k} (at "
+                        f"{_fmt_path(rel)}), whose entry gives it axis {ax!r} instead of {specs[j]!r}. "
+                        "One object has one layout: give both arguments the same axis for it, or pass it once."
+                    )
+    return specs
+
+
+def _check_returned_axes(meta: "_Meta", node_entries: list, in_specs: list, default: Any, allowed: tuple, what: str):
+    """A returned input module keeps its input layout; an ``out_axes`` entry saying otherwise is an error."""
+    gd = meta.graphdef
+    for k, entry in enumerate(node_entries):
+        root = meta.n_in + k
+        _, tag, payload = gd.nodes[0][2][root]
+        if tag != _NODE or meta.node_origin[payload] < 0:
+            continue  # created inside: out_axes decides its layout
+        for rel, j in _reach(gd, payload):
+            o = meta.var_origin[j]
+            if o < 0 or in_specs[o] == _SPLIT:
+                continue
+            probe = _probe_variable(gd.vardefs[j])
+            if isinstance(probe, RngState):
+                continue
+            ax = _resolve(entry, rel, probe, default, None, allowed, what)
+            if ax != in_specs[o]:
+                raise ValueError(
+                    f"{what}: the returned {gd.nodes[payload][0].__name__} is an input, so it keeps its "
+                    f"in_axes layout, but out_axes gives {_fmt_path(rel)} axis {ax!r} instead of "
+                    f"{in_specs[o]!r}. Make the out_axes entry agree with in_axes (or return a new object)."
+                )
 
 
 def _split_streams(inputs: _Inputs, specs: list, what: str) -> list[tuple[RngStream, int, int]]:

@@ -36,6 +36,8 @@ import jax
 from nnxlite import graph
 from nnxlite import filters as filterlib
 from nnxlite.state import StateStructure, _new_state, path_sort_key
+from nnxlite.transforms.lift_types import DiffState
+from nnxlite.transforms.modes import check_mode
 from nnxlite.transforms._lift import _KEEP, _apply, _enter, _finish, _Inputs, _leave, _pure, _RootsCache, _scatter
 from nnxlite.variables import Param, Variable
 
@@ -43,13 +45,16 @@ __all__ = ["grad", "value_and_grad", "remat"]
 
 
 def value_and_grad(
-    f: Callable,
-    argnums: int | Sequence[int] = 0,
+    f: Callable | None = None,
+    argnums: int | DiffState | Sequence[int | DiffState] = 0,
     *,
     wrt: filterlib.Filter = Param,
     has_aux: bool = False,
     holomorphic: bool = False,
     allow_int: bool = False,
+    reduce_axes: Sequence = (),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Callable:
     """Like ``jax.value_and_grad``, but module arguments are differentiated w.r.t. ``wrt``.
 
@@ -63,18 +68,38 @@ def value_and_grad(
     >>> loss, (g_model, g_x) = nnx.value_and_grad(lambda m, x: m(x).sum(), argnums=(0, 1))(model, x)
     >>> sorted(g_model.to_pure_dict()), g_x.shape
     (['bias', 'kernel'], (3, 2))
+
+    flax.nnx's spellings work too: without ``f`` it is a decorator factory
+    (``@nnx.value_and_grad(argnums=(0, 1))``), an ``argnums`` entry may be
+    ``nnx.DiffState(argnum, filter)`` (that argument's own ``wrt``), and
+    ``graph=``/``graph_updates=`` are accepted (graph semantics are kept).
+
+    >>> @nnx.value_and_grad(argnums=nnx.DiffState(0, nnx.PathContains("bias")))
+    ... def loss(m, x):
+    ...     return m(x).sum()
+    >>> list(loss(model, x)[1].to_pure_dict())
+    ['bias']
     """
+    if f is None:
+        return functools.partial(
+            value_and_grad, argnums=argnums, wrt=wrt, has_aux=has_aux, holomorphic=holomorphic,
+            allow_int=allow_int, reduce_axes=reduce_axes, graph=graph, graph_updates=graph_updates,
+        )
+    check_mode(graph, graph_updates, "nnx.value_and_grad")
     return _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value=True)
 
 
 def grad(
-    f: Callable,
-    argnums: int | Sequence[int] = 0,
+    f: Callable | None = None,
+    argnums: int | DiffState | Sequence[int | DiffState] = 0,
     *,
     wrt: filterlib.Filter = Param,
     has_aux: bool = False,
     holomorphic: bool = False,
     allow_int: bool = False,
+    reduce_axes: Sequence = (),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Callable:
     """Like ``jax.grad``, but module arguments are differentiated w.r.t. ``wrt``.
 
@@ -83,7 +108,16 @@ def grad(
     >>> grads = nnx.grad(lambda m: m(jnp.ones((1, 2))).sum())(model)
     >>> grads["bias"].tolist()
     [1.0]
+
+    Without ``f`` it is a decorator factory; ``argnums`` entries may be
+    ``nnx.DiffState(argnum, filter)`` (see :func:`value_and_grad`).
     """
+    if f is None:
+        return functools.partial(
+            grad, argnums=argnums, wrt=wrt, has_aux=has_aux, holomorphic=holomorphic,
+            allow_int=allow_int, reduce_axes=reduce_axes, graph=graph, graph_updates=graph_updates,
+        )
+    check_mode(graph, graph_updates, "nnx.grad")
     return _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value=False)
 
 
@@ -112,8 +146,8 @@ def _selects(pred, flat, root: int, path: tuple, j: int) -> bool:
     return filterlib.matches(pred, filterlib._LazyPaths(path, more), v)
 
 
-def _plan(inputs: _Inputs, argnums: tuple, wrt) -> _Plan:
-    pred = filterlib.to_predicate(wrt)
+def _plan(inputs: _Inputs, argnums: tuple, wrts: tuple) -> _Plan:
+    preds = [filterlib.to_predicate(w) for w in wrts]
     flat = inputs.flat
     args_td, _ = inputs.treedef.children()
     arg_sizes = [c.num_leaves for c in args_td.children()]
@@ -136,7 +170,7 @@ def _plan(inputs: _Inputs, argnums: tuple, wrt) -> _Plan:
     diff_vars: list[int] = []
     diff_others: list[int] = []
     arg_grads = []
-    for a in argnums:
+    for a, pred in zip(argnums, preds):
         parts = []
         for leaf in range(starts[a], starts[a] + arg_sizes[a]):
             if inputs.mask[leaf]:
@@ -162,9 +196,27 @@ def _plan(inputs: _Inputs, argnums: tuple, wrt) -> _Plan:
     return _Plan(diff_vars, diff_others, arg_grads)
 
 
+def _split_argnums(argnums, wrt) -> tuple[bool, tuple, tuple]:
+    """``(multiple, argnums, per-argnum filters)``, reading flax's ``nnx.DiffState`` entries."""
+    multiple = not isinstance(argnums, (int, DiffState))
+    entries = tuple(argnums) if multiple else (argnums,)
+    nums, wrts = [], []
+    for e in entries:
+        if isinstance(e, DiffState):
+            nums.append(e.argnum)
+            wrts.append(e.filter)
+        elif isinstance(e, int) and not isinstance(e, bool):
+            nums.append(e)
+            wrts.append(wrt)
+        else:
+            raise TypeError(f"argnums entries must be ints or nnx.DiffState(argnum, filter), got {e!r}.")
+    for w in wrts:
+        filterlib.to_predicate(w)  # fail early on an invalid filter
+    return multiple, tuple(nums), tuple(wrts)
+
+
 def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
-    multiple = not isinstance(argnums, int)
-    argnums_t = tuple(argnums) if multiple else (argnums,)
+    multiple, argnums_t, wrts = _split_argnums(argnums, wrt)
     cache = _RootsCache()
 
     @functools.wraps(f)
@@ -177,7 +229,7 @@ def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
                 )
         nums = tuple(i % len(args) for i in argnums_t)
         inputs = _Inputs(args, kwargs, cache)
-        plan = _plan(inputs, nums, wrt)
+        plan = _plan(inputs, nums, wrts)
         leaves = inputs.leaves()
         others = inputs.others
         gd = inputs.graphdef

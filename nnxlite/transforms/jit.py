@@ -22,6 +22,7 @@ from nnxlite import _epoch
 from nnxlite import filters as filterlib
 from nnxlite import graph
 from nnxlite.state import State
+from nnxlite.transforms.modes import check_mode
 from nnxlite.transforms._lift import (
     _apply,
     _call_entries,
@@ -427,6 +428,8 @@ def jit(
     donate_argnames: str | Sequence[str] = (),
     in_shardings: Any = None,
     out_shardings: Any = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
     **jit_kwargs: Any,
 ) -> Callable:
     """``jax.jit`` for functions of modules: compile once, update modules in place.
@@ -468,6 +471,9 @@ def jit(
         rest); for other arguments it is a pytree prefix, as in ``jax.jit``.
         Updated Variables keep their input sharding on output.
       out_shardings: a pytree prefix of the function's non-module outputs.
+      graph, graph_updates: flax.nnx's tree-mode switches, accepted; nnxlite
+        keeps graph semantics in every mode (shared references stay shared,
+        updates come out), a superset of flax's tree mode.
       **jit_kwargs: passed to ``jax.jit`` (``keep_unused``, ``compiler_options``...).
 
     ``nnx.jit(model.method)`` passes ``model`` as the first argument (a
@@ -488,8 +494,11 @@ def jit(
             donate_argnames=donate_argnames,
             in_shardings=in_shardings,
             out_shardings=out_shardings,
+            graph=graph,
+            graph_updates=graph_updates,
             **jit_kwargs,
         )
+    check_mode(graph, graph_updates, "nnx.jit")
     owner = getattr(fun, "__self__", None)
     if inspect.ismethod(fun) and _is_node(owner):
         # `nnx.jit(model.method)`: the module must be an argument, not a constant closed over

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from nnxlite.transforms.modes import check_mode
 from nnxlite.transforms._lift import (
     _KEEP,
     _SPLIT,
@@ -51,6 +52,8 @@ def scan(
     length: int | None = None,
     reverse: bool = False,
     unroll: int | bool = 1,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Callable:
     """``jax.lax.scan`` for functions of modules: run a stack of layers, or a loop.
 
@@ -82,7 +85,11 @@ def scan(
     (the state is stacked or carried); create them before.
     """
     if f is None:
-        return functools.partial(scan, in_axes=in_axes, out_axes=out_axes, length=length, reverse=reverse, unroll=unroll)
+        return functools.partial(
+            scan, in_axes=in_axes, out_axes=out_axes, length=length, reverse=reverse, unroll=unroll,
+            graph=graph, graph_updates=graph_updates,
+        )
+    check_mode(graph, graph_updates, "nnx.scan")
     what = "nnx.scan"
     allowed = (int, None, Carry, _SPLIT)
 

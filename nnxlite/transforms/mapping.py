@@ -14,6 +14,7 @@ from typing import Any
 import jax
 
 from nnxlite.state import _fmt_path
+from nnxlite.transforms.modes import check_mode
 from nnxlite.transforms._lift import (
     _KEEP,
     _SPLIT,
@@ -21,6 +22,7 @@ from nnxlite.transforms._lift import (
     _axis_size,
     _call_entries,
     _check_axis,
+    _check_returned_axes,
     _draw_split_keys,
     _rewinds_draws_on_error,
     _dyn_axes,
@@ -78,6 +80,8 @@ def vmap(
     axis_name: Any = None,
     axis_size: int | None = None,
     spmd_axis_name: Any = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Callable:
     """``jax.vmap`` for functions of modules, with per-lane random keys by default.
 
@@ -112,8 +116,10 @@ def vmap(
     """
     if f is None:
         return functools.partial(
-            vmap, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size, spmd_axis_name=spmd_axis_name
+            vmap, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size,
+            spmd_axis_name=spmd_axis_name, graph=graph, graph_updates=graph_updates,
         )
+    check_mode(graph, graph_updates, "nnx.vmap")
     what = "nnx.vmap"
     allowed = (int, None, _SPLIT)
 
@@ -197,6 +203,7 @@ def vmap(
             ]
             root_pos = inputs.root_positions()
             in_root_entries = [entries[p] for p in root_pos]
+            _check_returned_axes(meta, node_entries, specs, 0, (int, None), f"{what} out_axes")
             extra_axes = _new_var_specs(meta, in_root_entries, node_entries, 0, (int, None), f"{what} out_axes")
             unbatched_new[:] = [
                 f"{_fmt_path(meta.graphdef.paths[j][1:])} (a new {meta.graphdef.vardefs[j][0].__name__})"
