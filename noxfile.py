@@ -24,16 +24,17 @@ def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks against pure JAX, flax.nnx and Equinox.
 
     ``nox -s bench`` runs the CPU benchmarks (split/merge, jit step overhead,
-    scan compile time) and the GPT script, which measures only on a GPU
+    scan compile time, model families vs torch) and the GPT script, which measures only on a GPU
     (on CPU it runs its ``--smoke`` size). ``nox -s bench -- --quick`` makes
     every script do a short smoke run.
     """
-    session.install("-e", ".[bench]")
+    session.install("-e", ".[bench,interop]")
     quick = "--quick" in session.posargs
     extra = ["--quick"] if quick else []
     session.run("python", "benchmarks/bench_graph.py", *extra)
     session.run("python", "benchmarks/bench_jit.py", *extra)
     session.run("python", "benchmarks/bench_scan.py", *extra)
+    session.run("python", "benchmarks/bench_models.py", *extra)
     gpu = session.run(
         "python", "-c", "import jax; print(jax.devices()[0].platform)", silent=True
     )

@@ -18,16 +18,39 @@ peak), and the compiled step's peak memory from XLA's memory analysis
 bytes alone: this is where a ``grad`` that kept a second copy of the
 parameters (flax issue #5116) would show.
 
-Targets (nnxlite issue 4): ≥ 0.98× pure-JAX throughput, ≤ 1.05× its peak memory.
+Also measured, each in its own table:
 
-Run on a GPU: ``python benchmarks/bench_gpu_gpt.py``. Without a GPU it
-refuses unless ``--smoke`` (tiny sizes on CPU, to check that it runs).
+* **compile time** — the first call (trace + lower + compile + one step)
+  minus a steady-state step, per variant;
+* **gradient memory** — the temporary bytes of a compiled ``grad`` alone
+  (``jax.jit(jax.grad(loss))`` vs ``nnx.jit`` of ``nnx.grad`` vs flax's),
+  the case of flax issue #5116 (``nnx.grad`` reported at ~2× the temporary
+  memory of ``jax.grad``);
+* **per-step dispatch** — a tiny decoder (2 layers, d_model 128) where the
+  step is so short that the framework's per-call cost dominates.
+
+Attention is ``jax.nn.dot_product_attention``; on a GPU the script asks for
+the cuDNN implementation and says so in its header (falling back to XLA's,
+with a note, when cuDNN refuses the configuration).
+
+Targets (nnxlite issues 4 and 12): ≥ 0.98× pure-JAX throughput, ≤ 1.0× its
+peak memory, ``nnx.grad`` temporaries ≤ ``jax.grad``'s, tiny-model step
+≤ 1.10× pure JAX.
+
+Run on a GPU, one command, about 5 minutes on an H100/H200 (it stops
+starting new sections after ``--budget`` seconds, default 480)::
+
+    python benchmarks/bench_gpu_gpt.py --json gpu_results.json
+
+Without a GPU it refuses unless ``--smoke`` (tiny sizes on CPU, to check
+that it runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import platform
 import statistics
 import time
@@ -62,6 +85,26 @@ class Config:
 
 
 SMOKE = Config(layers=2, d_model=64, heads=4, seq=64, vocab=256, batch=2, dtype="float32")
+TINY = Config(layers=2, d_model=128, heads=4, seq=128, vocab=256, batch=8)
+TINY_SMOKE = dataclasses.replace(TINY, dtype="float32", seq=32)
+
+# The attention implementation passed to jax.nn.dot_product_attention (set by main()).
+ATTENTION = {"implementation": None}
+
+
+def pick_attention(cfg: Config) -> str | None:
+    """``"cudnn"`` when the device accepts this configuration on the cuDNN path, else None (XLA)."""
+    if jax.devices()[0].platform != "gpu":
+        return None
+    shape = (1, cfg.seq, cfg.heads, cfg.d_model // cfg.heads)
+    q = jnp.ones(shape, jnp.dtype(cfg.dtype))
+    try:
+        f = jax.jit(lambda q: jax.nn.dot_product_attention(q, q, q, is_causal=True, implementation="cudnn"))
+        jax.block_until_ready(f(q))
+        return "cudnn"
+    except Exception as err:  # unsupported dtype / head size / cuDNN version
+        print(f"note: cuDNN attention unavailable ({type(err).__name__}: {str(err)[:200]}); using XLA's")
+        return None
 
 
 # -- the shared math -------------------------------------------------------------------------
@@ -79,7 +122,9 @@ def block_fn(p: dict, x, heads: int):
     qkv = h @ p["attn_w"] + p["attn_b"]
     q, k, v = jnp.split(qkv, 3, axis=-1)
     shape = (b, t, heads, d // heads)
-    a = jax.nn.dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), is_causal=True)
+    a = jax.nn.dot_product_attention(
+        q.reshape(shape), k.reshape(shape), v.reshape(shape), is_causal=True, **ATTENTION
+    )
     x = x + a.reshape(b, t, d) @ p["proj_w"] + p["proj_b"]
     h = layer_norm(x, p["ln2_scale"], p["ln2_bias"])
     h = jax.nn.gelu(h @ p["fc_w"] + p["fc_b"]) @ p["out_w"] + p["out_b"]
@@ -153,8 +198,11 @@ class GPT(nnx.Module):
         return gpt_loss(top, [b.arrays() for b in self.blocks], tokens, self.heads)
 
 
-def make_variants(cfg: Config, tx) -> dict:
-    """name -> (step callable with no arguments, lowered step for memory analysis)."""
+def make_variants(cfg: Config, tx, with_flax: bool = True) -> dict:
+    """name -> (step callable with no arguments, lowered step for memory analysis).
+
+    Also records, in ``GRAD_LOWERED``, a compiled-able ``grad`` of the loss alone per variant.
+    """
     top, blocks = init_params(cfg, jax.random.PRNGKey(0))
     tokens = jax.random.randint(jax.random.PRNGKey(1), (cfg.batch, cfg.seq + 1), 0, cfg.vocab)
     copy = lambda t: jax.tree.map(lambda a: jnp.array(a, copy=True), t)  # noqa: E731 (donation needs own buffers)
@@ -178,6 +226,8 @@ def make_variants(cfg: Config, tx) -> dict:
         return loss
 
     out["pure JAX"] = (run_pure, pure_lowered)
+    pure_loss = lambda p, tokens: gpt_loss(p["top"], p["blocks"], tokens, cfg.heads)  # noqa: E731
+    GRAD_LOWERED["jax.grad"] = lambda: jax.jit(jax.grad(pure_loss)).lower(params, tokens)
 
     # nnxlite
     model = GPT(copy(top), copy(blocks), cfg.heads)
@@ -190,11 +240,15 @@ def make_variants(cfg: Config, tx) -> dict:
 
     nnx_jit = nnx.jit(nnx_step, donate_argnums=(0, 1))
     out["nnxlite"] = (lambda: nnx_jit(model, optimizer, tokens), nnx_jit.lower(model, optimizer, tokens))
+    nnx_grad = nnx.jit(lambda m, tokens: nnx.grad(lambda m: m.loss(tokens))(m))
+    GRAD_LOWERED["nnxlite nnx.grad"] = lambda: nnx_grad.lower(model, tokens)
 
     # flax.nnx
     try:
         from flax import nnx as fnnx
     except ImportError:
+        fnnx = None
+    if fnnx is None or not with_flax:
         return out
 
     class FBlock(fnnx.Module):
@@ -232,10 +286,16 @@ def make_variants(cfg: Config, tx) -> dict:
     except Exception:
         flax_lowered = None
     out["flax.nnx"] = (lambda: flax_jit(fmodel, fopt, tokens), flax_lowered)
+    flax_grad = fnnx.jit(lambda m, tokens: fnnx.grad(lambda m: m.loss(tokens))(m))
+    GRAD_LOWERED["flax.nnx nnx.grad"] = lambda: flax_grad.lower(fmodel, tokens)
     return out
 
 
+GRAD_LOWERED: dict = {}
+
+
 def peak_bytes(lowered) -> tuple[float, float] | tuple[None, None]:
+    """(peak, temporary) bytes of the compiled program from XLA's memory analysis."""
     if lowered is None:
         return None, None
     m = lowered.compile().memory_analysis()
@@ -245,22 +305,60 @@ def peak_bytes(lowered) -> tuple[float, float] | tuple[None, None]:
     return float(peak), float(m.temp_size_in_bytes)
 
 
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
+
+
+def ratio(a, b) -> str:
+    return f"{a / b:.3f}×" if a is not None and b else "n/a"
+
+
+def time_variants(variants: dict, rounds: int, steps: int) -> tuple[dict, dict]:
+    """(first-call seconds, per-round step seconds) per variant; rounds interleaved, rotated."""
+    first, per_step = {}, {n: [] for n in variants}
+    for name, (run, _) in variants.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(run())
+        first[name] = time.perf_counter() - t0
+        jax.block_until_ready(run())
+    names = list(variants)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            run = variants[name][0]
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                loss = run()
+            jax.block_until_ready(loss)
+            per_step[name].append((time.perf_counter() - t0) / steps)
+    return first, per_step
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes; runs on CPU")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
-    parser.add_argument("--batch", type=int, default=None)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; runs on CPU (checks the script only)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per variant per round (GPT-small)")
+    parser.add_argument("--tiny-steps", type=int, default=200, help="steps per variant per round (tiny model)")
+    parser.add_argument("--batch", type=int, default=None, help="override the GPT-small batch size (default 8)")
+    parser.add_argument("--budget", type=float, default=480.0,
+                        help="seconds after which no new section starts (the whole run fits in 10 minutes)")
+    parser.add_argument("--no-flax", action="store_true", help="skip the flax.nnx variants")
+    parser.add_argument("--json", type=str, default=None, help="also write every number to this JSON file")
     args = parser.parse_args()
+    t_start = time.perf_counter()
     device = jax.devices()[0]
     if device.platform != "gpu" and not args.smoke:
         print(f"No GPU found (default device: {device.platform}); run with --smoke for a tiny CPU check.")
         return
-    cfg = SMOKE if args.smoke else Config()
+    cfg, tiny = (SMOKE, TINY_SMOKE) if args.smoke else (Config(), TINY)
     if args.batch:
         cfg = dataclasses.replace(cfg, batch=args.batch)
     if args.smoke:
-        args.rounds, args.steps = 2, 2
+        args.rounds, args.steps, args.tiny_steps = 2, 2, 5
     tx = optax.adamw(3e-4, weight_decay=0.1)
     versions = [f"jax {jax.__version__}", f"optax {optax.__version__}", f"nnxlite {nnx.__version__}"]
     try:
@@ -270,42 +368,83 @@ def main() -> None:
     except ImportError:
         pass
     kind = getattr(device, "device_kind", device.platform)
+    ATTENTION["implementation"] = pick_attention(cfg)
     print(f"# GPT decoder training — {kind}, {platform.machine()}, {', '.join(versions)}")
     print(f"config: {cfg}")
-    variants = make_variants(cfg, tx)
-    for run, _ in variants.values():
-        for _ in range(2):
-            jax.block_until_ready(run())
+    print(f"attention: jax.nn.dot_product_attention(implementation={ATTENTION['implementation']!r})")
+    results: dict = {"device": str(kind), "versions": versions, "config": dataclasses.asdict(cfg),
+                     "attention": ATTENTION["implementation"]}
+
+    # -- 1. GPT-small: throughput, MFU, memory, compile time ------------------------------------
+    variants = make_variants(cfg, tx, with_flax=not args.no_flax)
+    first, per_step = time_variants(variants, args.rounds, args.steps)
     names = list(variants)
-    rates: dict[str, list] = {n: [] for n in names}
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            run = variants[name][0]
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                loss = run()
-            jax.block_until_ready(loss)
-            rates[name].append(args.steps * cfg.batch * cfg.seq / (time.perf_counter() - t0))
     peak_flops = next((v for k, v in PEAK_BF16.items() if k in str(kind)), None)
     fpt = flops_per_token(cfg)
-    base_rate = statistics.median(rates[names[0]])
-    base_peak, base_temp = peak_bytes(variants[names[0]][1])
-    print("\n| variant | tokens/s | vs pure JAX | MFU | compiled peak memory | vs pure JAX | temp bytes | vs pure JAX |")
-    print("|---|---|---|---|---|---|---|---|")
+    tokens_per_step = cfg.batch * cfg.seq
+    memory = {n: peak_bytes(variants[n][1]) for n in names}
+    base = names[0]
+    base_rate = tokens_per_step / statistics.median(per_step[base])
+    compile_s = {n: first[n] - statistics.median(per_step[n]) for n in names}
+    print("\n## GPT-small training step\n")
+    print("| variant | tokens/s | vs pure JAX | MFU | compiled peak memory | vs pure JAX | temp bytes | vs pure JAX "
+          "| compile time | vs pure JAX |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    results["gpt"] = {}
     for name in names:
-        rate = statistics.median(rates[name])
-        peak, temp = peak_bytes(variants[name][1]) if name != names[0] else (base_peak, base_temp)
-        mfu = f"{rate * fpt / peak_flops:.1%}" if peak_flops else "n/a"
-        peak_s = "n/a" if peak is None else f"{peak / 2**30:.2f} GiB" if peak >= 2**30 else f"{peak / 2**20:.2f} MiB"
-        peak_r = f"{peak / base_peak:.3f}×" if peak is not None and base_peak else "n/a"
-        temp_s = f"{temp / 2**20:.1f} MiB" if temp is not None else "n/a"
-        temp_r = f"{temp / base_temp:.3f}×" if temp is not None and base_temp else "n/a"
-        print(f"| {name} | {rate:,.0f} | {rate / base_rate:.3f}× | {mfu} | {peak_s} | {peak_r} | {temp_s} | {temp_r} |")
+        rate = tokens_per_step / statistics.median(per_step[name])
+        peak, temp = memory[name]
+        mfu = rate * fpt / peak_flops if peak_flops else None
+        print(f"| {name} | {rate:,.0f} | {rate / base_rate:.3f}× | {f'{mfu:.1%}' if mfu else 'n/a'} "
+              f"| {fmt_bytes(peak)} | {ratio(peak, memory[base][0])} | {fmt_bytes(temp)} | {ratio(temp, memory[base][1])} "
+              f"| {compile_s[name]:.1f} s | {compile_s[name] / compile_s[base]:.2f}× |")
+        results["gpt"][name] = {"tokens_per_s": rate, "mfu": mfu, "peak_bytes": peak, "temp_bytes": temp,
+                                "compile_s": compile_s[name]}
+    print(f"\nMedian of {args.rounds} interleaved rounds of {args.steps} steps; {fpt / 1e9:.2f} GFLOP/token; "
+          "compile time = first call minus a steady step.")
     if device.platform == "gpu":
         stats = device.memory_stats() or {}
         if "peak_bytes_in_use" in stats:
-            print(f"\nprocess peak bytes in use (all variants): {stats['peak_bytes_in_use'] / 2**30:.2f} GiB")
-    print(f"\nMedian of {args.rounds} interleaved rounds of {args.steps} steps; {fpt / 1e9:.2f} GFLOP/token.")
+            print(f"process peak bytes in use (all variants): {stats['peak_bytes_in_use'] / 2**30:.2f} GiB")
+    del variants
+
+    # -- 2. gradient temporaries: nnx.grad vs jax.grad (flax #5116) ---------------------------------
+    if time.perf_counter() - t_start < args.budget:
+        grads = {n: peak_bytes(make()) for n, make in GRAD_LOWERED.items()}
+        base_temp = grads["jax.grad"][1]
+        print("\n## Gradient alone: compiled temporary memory\n")
+        print("| variant | temp bytes | vs jax.grad | peak memory |\n|---|---|---|---|")
+        for name, (peak, temp) in grads.items():
+            print(f"| {name} | {fmt_bytes(temp)} | {ratio(temp, base_temp)} | {fmt_bytes(peak)} |")
+        results["grad_memory"] = {n: {"peak_bytes": p, "temp_bytes": t} for n, (p, t) in grads.items()}
+    else:
+        print("\n(gradient-memory section skipped: over --budget)")
+    GRAD_LOWERED.clear()
+
+    # -- 3. tiny model: per-step dispatch ------------------------------------------------------------
+    if time.perf_counter() - t_start < args.budget:
+        variants = make_variants(tiny, tx, with_flax=not args.no_flax)
+        GRAD_LOWERED.clear()
+        _, per_step = time_variants(variants, max(args.rounds, 5), args.tiny_steps)
+        names = list(variants)
+        base_t = statistics.median(per_step[names[0]])
+        print(f"\n## Tiny decoder ({tiny.layers}×{tiny.d_model}, seq {tiny.seq}, batch {tiny.batch}): per-step time\n")
+        print("| variant | step time | vs pure JAX |\n|---|---|---|")
+        results["tiny"] = {}
+        for name in names:
+            # ratio per round (same-round pairs are robust to drift), then the median
+            r = statistics.median(a / b for a, b in zip(per_step[name], per_step[names[0]]))
+            t = statistics.median(per_step[name])
+            print(f"| {name} | {t * 1e6:,.0f} µs | {r:.2f}× |")
+            results["tiny"][name] = {"step_s": t, "ratio": r}
+        print(f"\nbase step {base_t * 1e6:,.0f} µs; median of per-round ratios.")
+    else:
+        print("\n(tiny-model section skipped: over --budget)")
+    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,20 @@ in turn, and the table reports the median over rounds of each variant's time
 divided by pure JAX's time *in the same round* (robust to machine drift), plus
 the absolute median pure-JAX step time.
 
-Run: ``python benchmarks/bench_jit.py [--depths 2 8 24] [--rounds 15] [--quick]``.
+A second table times an **inference call** (nnxlite issue 12): a jitted
+forward ``f(model, x)`` through a chain of ``Linear(16, 16)`` layers (2
+leaves each) that changes no Variable, at 200, 1,000 and 4,000 leaves:
+
+* **pure JAX** — ``jax.jit(forward)(params, x)`` over a list of dicts;
+* **jax.jit + nnx.merge** — ``jax.jit(lambda st, x: nnx.merge(gd, st)(x))``;
+* **nnxlite** — ``nnx.jit(lambda m, x: m(x))(model, x)``;
+* **flax.nnx** (graph and tree mode) and **Equinox** ``eqx.filter_jit``.
+
+A third table gives the first-call (trace + compile) time of a function
+that reads every leaf once (the mean of each, summed) at ``--compile-leaves``
+leaves, for nnxlite against ``jax.jit`` reading the same arrays.
+
+Run: ``python benchmarks/bench_jit.py [--depths 2 8 24] [--leaves 200 1000 4000] [--rounds 15] [--quick]``.
 """
 
 from __future__ import annotations
@@ -191,8 +204,122 @@ def make_variants(depth: int) -> dict:
     return variants
 
 
-def measure(depth: int, rounds: int, calls: int) -> tuple[dict, float]:
-    variants = make_variants(depth)
+IN_WIDTH, IN_BATCH = 16, 8
+
+
+class Chain(nnx.Module):
+    def __init__(self, n_layers: int, *, ctx: nnx.Context):
+        self.layers = [nnx.Linear(IN_WIDTH, IN_WIDTH, ctx=ctx) for _ in range(n_layers)]
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def chain_forward(params: list, x):
+    for p in params:
+        x = x @ p["kernel"] + p["bias"]
+    return x
+
+
+def make_inference_variants(n_leaves: int) -> dict:
+    """Each variant: a zero-argument callable doing one jitted forward that changes nothing."""
+    n_layers = n_leaves // 2
+    x = jax.random.normal(jax.random.PRNGKey(1), (IN_BATCH, IN_WIDTH))
+    model = Chain(n_layers, ctx=nnx.context(0))
+    params = [{"kernel": l.kernel.value, "bias": l.bias.value} for l in model.layers]
+    variants = {}
+    pure = jax.jit(chain_forward)
+    variants["pure JAX (jax.jit, list of dicts)"] = lambda: pure(params, x)
+
+    gd, state = nnx.split(model)
+    merged = jax.jit(lambda st, x: nnx.merge(gd, st)(x))
+    variants["jax.jit + nnx.merge"] = lambda: merged(state, x)
+
+    nfwd = nnx.jit(lambda m, x: m(x))
+    variants["nnxlite nnx.jit"] = lambda: nfwd(model, x)
+
+    try:
+        from flax import nnx as fnnx
+    except ImportError:
+        fnnx = None
+    if fnnx is not None:
+
+        class FChain(fnnx.Module):
+            def __init__(self, n, rngs):
+                self.layers = fnnx.List([fnnx.Linear(IN_WIDTH, IN_WIDTH, rngs=rngs) for _ in range(n)])
+
+            def __call__(self, x):
+                for layer in self.layers:
+                    x = layer(x)
+                return x
+
+        fmodel = FChain(n_layers, fnnx.Rngs(0))
+        ffwd = fnnx.jit(lambda m, x: m(x))
+        variants["flax.nnx nnx.jit (graph mode)"] = lambda: ffwd(fmodel, x)
+        try:
+            tfwd = fnnx.jit(lambda m, x: m(x), graph=False)
+            tfwd(fmodel, x)
+            variants["flax.nnx nnx.jit(graph=False) (tree mode)"] = lambda: tfwd(fmodel, x)
+        except Exception:  # older flax without tree mode
+            pass
+
+    try:
+        import equinox as eqx
+    except ImportError:
+        eqx = None
+    if eqx is not None:
+
+        class EChain(eqx.Module):
+            layers: list
+
+            def __init__(self, n, key):
+                self.layers = [eqx.nn.Linear(IN_WIDTH, IN_WIDTH, key=k) for k in jax.random.split(key, n)]
+
+            def __call__(self, x):
+                for layer in self.layers:
+                    x = x @ layer.weight.T + layer.bias
+                return x
+
+        emodel = EChain(n_layers, jax.random.PRNGKey(0))
+        efwd = eqx.filter_jit(lambda m, x: m(x))
+        variants["Equinox eqx.filter_jit"] = lambda: efwd(emodel, x)
+    return variants
+
+
+def read_all(layers) -> jax.Array:
+    """A function that reads every leaf once (cheap to compile, unlike a 10,000-layer chain)."""
+    total = jnp.zeros(())
+    for layer in layers:
+        total = total + jnp.mean(layer["kernel"]) + jnp.mean(layer["bias"])
+    return total
+
+
+def compile_times(n_leaves: int) -> dict:
+    """First call (trace + lower + compile + run) of a function reading every leaf: nnxlite vs jax.jit."""
+    model = Chain(n_leaves // 2, ctx=nnx.context(0))
+    params = [{"kernel": l.kernel.value, "bias": l.bias.value} for l in model.layers]
+
+    def nnx_read(m):
+        return read_all([{"kernel": l.kernel.value, "bias": l.bias.value} for l in m.layers])
+
+    out = {}
+    t0 = time.perf_counter()
+    jax.block_until_ready(jax.jit(read_all)(params))
+    out["jax.jit reading the params"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jax.block_until_ready(nnx.jit(nnx_read)(model))
+    out["nnxlite nnx.jit"] = time.perf_counter() - t0
+    model.extra = nnx.Param(jnp.zeros(()))  # one more leaf: a new structure, compiled again
+    t0 = time.perf_counter()
+    jax.block_until_ready(nnx.jit(nnx_read)(model))
+    out["nnxlite nnx.jit, one leaf appended"] = time.perf_counter() - t0
+    return out
+
+
+def measure(depth: int, rounds: int, calls: int, make=None) -> tuple[dict, float]:
+    variants = (make or make_variants)(depth)
     for run in variants.values():  # compile and warm every cache
         for _ in range(3):
             jax.block_until_ready(run())
@@ -248,14 +375,22 @@ def check_equal(depth: int = 2, steps: int = 3) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--depths", type=int, nargs="+", default=[2, 8, 24])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--quick", action="store_true", help="few rounds and calls (smoke run)")
+    parser = argparse.ArgumentParser(
+        description="nnx.jit per-call overhead against pure JAX, flax.nnx and Equinox",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--depths", type=int, nargs="+", default=[2, 8, 24], help="MLP depths of the training table")
+    parser.add_argument("--leaves", type=int, nargs="+", default=[200, 1000, 4000],
+                        help="leaf counts of the inference-call table (0 to skip it)")
+    parser.add_argument("--compile-leaves", type=int, default=20000,
+                        help="leaf count of the compile-time table (0 to skip it)")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (the median is reported)")
+    parser.add_argument("--calls", type=int, default=200, help="calls per variant per round")
+    parser.add_argument("--quick", action="store_true", help="few rounds and calls, smaller compile case (smoke run)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.calls = 3, 20
+        args.compile_leaves = min(args.compile_leaves, 2000)
     versions = [f"jax {jax.__version__}", f"optax {optax.__version__}", f"nnxlite {nnx.__version__}"]
     for mod in ("flax", "equinox"):
         try:
@@ -276,6 +411,28 @@ def main() -> None:
     print("| *pure JAX step time (median)* | " + " | ".join(cells) + " |")
     print(f"\nMedian over {args.rounds} interleaved rounds of {args.calls} steps of (variant time / pure-JAX time "
           f"in the same round); MLP width {WIDTH}, batch {BATCH}, Adam. Lower is better.")
+
+    leaves = [n for n in args.leaves if n > 0]
+    if leaves:
+        # Fewer calls for the big chains: one pure-JAX call is ~10 ms at 4,000 leaves.
+        inf = {n: measure(n, args.rounds, max(3, args.calls * 200 // max(n, 200)), make_inference_variants)
+               for n in leaves}
+        names = list(next(iter(inf.values()))[0])
+        print("\n## Inference call (jitted forward, no Variable changes)\n")
+        print("| variant | " + " | ".join(f"{n:,} leaves" for n in leaves) + " |")
+        print("|---|" + "---|" * len(leaves))
+        for name in names:
+            print(f"| {name} | " + " | ".join(f"{inf[n][0][name]:.2f}×" for n in leaves) + " |")
+        print("| *pure JAX call time (median)* | " + " | ".join(f"{inf[n][1] * 1e6:.0f} µs" for n in leaves) + " |")
+        print(f"\nChain of Linear({IN_WIDTH}, {IN_WIDTH}), batch {IN_BATCH}; median over {args.rounds} interleaved "
+              "rounds of (variant time / pure-JAX time in the same round). Lower is better.")
+    if args.compile_leaves > 0:
+        ct = compile_times(args.compile_leaves)
+        base = ct["jax.jit reading the params"]
+        print(f"\n## First call (trace + compile) at {args.compile_leaves:,} leaves\n")
+        print("| variant | seconds | vs jax.jit |\n|---|---|---|")
+        for name, t in ct.items():
+            print(f"| {name} | {t:.2f} s | {t / base:.2f}× |")
 
 
 if __name__ == "__main__":

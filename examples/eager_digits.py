@@ -78,9 +78,9 @@ def main() -> None:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--eager-steps", type=int, default=300, help="steps of the eager loop")
     parser.add_argument("--jit-steps", type=int, default=1700, help="steps of the nnx.jit loop that follows")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=32, help="images per training step")
+    parser.add_argument("--hidden", type=int, default=128, help="width of the two hidden layers")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--eval-every", type=int, default=100, help="steps between test-set evaluations")
     args = parser.parse_args()
     if args.smoke:

@@ -106,11 +106,11 @@ def train(model, optimizer, x, y, *, steps, batch_size, seed, x_test, y_test, ev
 
 def main() -> None:
     parser = make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--pretrain-steps", type=int, default=600)
-    parser.add_argument("--finetune-steps", type=int, default=300)
+    parser.add_argument("--pretrain-steps", type=int, default=600, help="steps of backbone pre-training")
+    parser.add_argument("--finetune-steps", type=int, default=300, help="steps of fine-tuning on the few labels")
     parser.add_argument("--labels-per-class", type=int, default=10, help="labelled images per digit for 5-9")
     parser.add_argument("--batch-size", type=int, default=32, help="for pretraining (fine-tuning uses all labels)")
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     args = parser.parse_args()
     if args.smoke:
         args.pretrain_steps, args.finetune_steps = 20, 20

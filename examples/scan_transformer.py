@@ -213,20 +213,20 @@ def compile_seconds(scan: bool, n_layers: int, tx: optax.GradientTransformation,
 
 def main() -> None:
     parser = make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=800, help="training steps")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per training step")
     parser.add_argument("--seq-len", type=int, default=64, help="characters of context")
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--dim", type=int, default=64, help="model width (d_model)")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads per layer")
+    parser.add_argument("--layers", type=int, default=4, help="transformer blocks (scanned over)")
+    parser.add_argument("--dropout", type=float, default=0.1, help="dropout rate")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     parser.add_argument("--chars", type=int, default=1_000_000, help="characters of stdlib source to read")
     parser.add_argument(
         "--depths", type=int, nargs="+", default=[2, 4, 8, 16], help="numbers of layers for the compile-time table"
     )
-    parser.add_argument("--sample-chars", type=int, default=300)
-    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--sample-chars", type=int, default=300, help="characters to generate after training")
+    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.batch_size, args.seq_len, args.dim, args.layers = 30, 8, 32, 32, 2

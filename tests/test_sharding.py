@@ -199,15 +199,44 @@ def _run(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_sharded_training_example_on_8_devices():
-    proc = _run([str(ROOT / "examples" / "sharded_training.py"), "--smoke"])
+@pytest.mark.parametrize("mesh_kind", ["explicit", "auto"])
+def test_sharded_training_example_on_8_devices(mesh_kind, tmp_path):
+    proc = _run([str(ROOT / "examples" / "sharded_training.py"), "--smoke", "--mesh", mesh_kind, "--out", str(tmp_path)])
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["devices"] == 8 and summary["mesh"] == {"data": 4, "model": 2}
+    assert summary["mesh_axis_types"] == mesh_kind
     assert summary["arrays_checked"] == 8  # 6 params + 2 batch stats kept their shardings
     assert summary["up_kernel_spec"] == "P(None, 'model')"
     assert summary["up_kernel_shard_shape"] == [8, 16]  # 32 hidden units split over 2 'model' devices
-    assert summary["last_loss"] < 0.7 * summary["first_loss"]
+    assert summary["last_loss_mean_of_3"] < 0.7 * summary["first_loss_mean_of_3"]
     assert summary["batchnorm_mean_changed"]
+    # The printed losses are the JSON's: step 0 is first_loss, the labelled means are the means.
+    assert f"step    0  loss {summary['first_loss']:.4f}" in proc.stdout
+    assert f"mean of the first 3 steps {summary['first_loss_mean_of_3']:.4f}" in proc.stdout
+    assert (tmp_path / "sharded_training.png").read_bytes()[:4] == b"\x89PNG"
+    assert "%|" in proc.stderr  # the tqdm progress bar
+
+
+def test_sharded_training_example_fsdp_splits_all_state_8_ways(tmp_path):
+    proc = _run([str(ROOT / "examples" / "sharded_training.py"), "--smoke", "--strategy", "fsdp", "--out", str(tmp_path)])
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["mesh"] == {"data": 8} and summary["mesh_axis_types"] == "explicit"
+    # Parameters, batch statistics and Adam's moments: each device holds exactly 1/8 of the bytes.
+    assert summary["largest_device_share_of_state"] == pytest.approx(1 / 8)
+    assert summary["up_kernel_spec"] == "P(None, 'data')"
+    assert summary["last_loss_mean_of_3"] < 0.7 * summary["first_loss_mean_of_3"]
+
+
+def test_sharded_training_example_help_describes_every_option():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "sharded_training.py"), "--help"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    for option in ("--smoke", "--out", "--seed", "--steps", "--strategy", "--mesh", "--lr"):
+        assert option in proc.stdout
+    assert "(default: " in proc.stdout
 
 
 SHARD_MAP_SCRIPT = textwrap.dedent(

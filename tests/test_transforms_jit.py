@@ -396,7 +396,7 @@ def test_shardings_on_a_device_mesh():
 
         before = model.kernel.value
         y = step(model, jnp.ones((2, 8)))
-        assert model.kernel.value.sharding.spec == P("x", None), model.kernel.value.sharding
+        assert model.kernel.value.sharding.is_equivalent_to(rows, 2), model.kernel.value.sharding
         assert model.bias.value.sharding.is_fully_replicated
         assert y.sharding.is_fully_replicated
         assert jnp.allclose(model.kernel.value, before * 2)

@@ -20,7 +20,7 @@ from nnxlite.module import Module
 from nnxlite.nn import initializers
 from nnxlite.nn._shapes import Padding, as_tuple, canonical_padding, channels_last, fold_batch, unfold_batch
 from nnxlite.nn.initializers import Initializer
-from nnxlite.nn import dtypes
+from nnxlite.nn import _sharding, dtypes
 from nnxlite.nn.linear import _as_tuple, _kernel_and_bias
 from nnxlite.rng import Context
 from nnxlite._rngs_arg import one_rng_arg
@@ -159,8 +159,12 @@ class Conv(Module):
         x, padding = self._pad_by_hand(x)
         x, kernel, bias = _masked_operands(self, x)
         extra = {} if self.preferred_element_type is None else {"preferred_element_type": self.preferred_element_type}
-        if out_sharding is not None:
-            extra["out_sharding"] = out_sharding
+        # On an explicit-sharding mesh, work out the output sharding unless it was given.
+        op_sharding = _sharding.conv_out_sharding(out_sharding, x, kernel)
+        if op_sharding is not None:
+            extra["out_sharding"] = op_sharding
+            if bias is not None:
+                bias = _sharding.fit_spec(bias, _sharding.spec_entries(op_sharding, x.ndim)[-1:])
         y = self.conv_general_dilated(
             x,
             kernel,
@@ -175,7 +179,7 @@ class Conv(Module):
         )
         if bias is not None:
             y = y + bias
-        return unfold_batch(y, batch_shape)
+        return unfold_batch(_sharding.constrain(y, out_sharding, op_sharding), batch_shape)
 
     def _pad_by_hand(self, x: jax.Array) -> tuple[jax.Array, Any]:
         """Apply the paddings lax does not know (CAUSAL, CIRCULAR, REFLECT); return the lax padding."""

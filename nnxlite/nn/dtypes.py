@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 __all__ = ["promote_dtype", "result_dtype"]
@@ -40,10 +41,32 @@ def result_dtype(*arrays: Any, dtype: Any = None, inexact: bool = True) -> Any:
     if dtype is not None:
         return jnp.dtype(dtype)
     present = [a for a in arrays if a is not None]
+    key = _dtype_key(present, inexact)
+    if key is not None:
+        target = _RESULT_CACHE.get(key)
+        if target is not None:
+            return target
     target = jnp.result_type(*present)
     if inexact and not jnp.issubdtype(target, jnp.inexact):
         target = jnp.promote_types(jnp.float32, target)
+    if key is not None and len(_RESULT_CACHE) < 4096:
+        _RESULT_CACHE[key] = target
     return target
+
+
+# Eager layers call this on every forward: jnp.result_type costs several
+# microseconds, so remember it per (dtype, weak type) combination of jax arrays.
+_RESULT_CACHE: dict = {}
+
+
+def _dtype_key(present: list, inexact: bool) -> tuple | None:
+    key = [inexact]
+    for a in present:
+        if not isinstance(a, jax.Array):
+            return None  # numpy arrays, Python scalars: take the general path
+        key.append(a.dtype)
+        key.append(a.weak_type)
+    return tuple(key)
 
 
 def promote_dtype(*arrays: Any, dtype: Any = None, inexact: bool = True) -> tuple:
@@ -64,4 +87,9 @@ def promote_dtype(*arrays: Any, dtype: Any = None, inexact: bool = True) -> tupl
     if len(arrays) == 1 and isinstance(arrays[0], (tuple, list)):  # flax.nnx: one tuple of arrays
         arrays = tuple(arrays[0])
     target = result_dtype(*arrays, dtype=dtype, inexact=inexact)
-    return tuple(None if a is None else jnp.asarray(a, target) for a in arrays)
+    # A jax array already in the target dtype is returned as is: the cast would be a
+    # no-op that still costs an eager dispatch.
+    return tuple(
+        a if a is None or (isinstance(a, jax.Array) and a.dtype == target) else jnp.asarray(a, target)
+        for a in arrays
+    )

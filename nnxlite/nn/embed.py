@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from nnxlite.module import Module
 from nnxlite.nn import initializers
-from nnxlite.nn import dtypes
+from nnxlite.nn import _sharding, dtypes
 from nnxlite.nn.dtypes import promote_dtype
 from nnxlite.nn.initializers import Initializer
 from nnxlite.functional import param_from_init
@@ -88,11 +88,14 @@ class Embed(Module):
         (table,) = self.promote_dtype((self.embedding.value,), dtype=self.dtype, inexact=False)
         if self.num_embeddings == 1:
             return jnp.broadcast_to(table[0], ids.shape + (self.features,))
-        if out_sharding is not None:
-            return table.at[ids].get(out_sharding=out_sharding)
-        return jnp.take(table, ids, axis=0)
+        # On an explicit-sharding mesh, the lookup needs an output sharding: given, or inferred
+        # (the ids' sharding, then the table's feature sharding).
+        op_sharding = _sharding.take_out_sharding(out_sharding, table, ids)
+        if op_sharding is not None:
+            return table.at[ids].get(out_sharding=op_sharding, mode="fill")  # jnp.take's out-of-range rule
+        return _sharding.constrain(jnp.take(table, ids, axis=0), out_sharding, op_sharding)
 
-    def attend(self, query: jax.Array) -> jax.Array:
+    def attend(self, query: jax.Array, out_sharding: Any = None) -> jax.Array:
         """Scores of ``query`` (last axis ``features``) against every row: ``query @ embedding.T``.
 
         >>> import jax.numpy as jnp, nnxlite as nnx
@@ -106,4 +109,8 @@ class Embed(Module):
                 f"{self.features}, got shape {tuple(query.shape)}."
             )
         query, table = promote_dtype(query, self.embedding.value, dtype=self.dtype or self.embedding.dtype)
-        return jnp.dot(query, table.T)
+        dims = (((query.ndim - 1,), (1,)), ((), ()))
+        op_sharding = _sharding.dot_general_out_sharding(out_sharding, query, table, dims)
+        if op_sharding is not None:
+            return jnp.dot(query, table.T, out_sharding=op_sharding)
+        return _sharding.constrain(jnp.dot(query, table.T), out_sharding, op_sharding)

@@ -7,6 +7,7 @@ libraries by path.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 
 from nnxlite.module import Module
 from nnxlite.nn import initializers
-from nnxlite.nn import dtypes
+from nnxlite.nn import _sharding, dtypes
 from nnxlite.nn.initializers import Initializer
 from nnxlite.functional import param_from_init
 from nnxlite.rng import Context
@@ -58,6 +59,22 @@ def _promoted(layer: Module, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Ar
     bias = layer.bias.value if layer.bias is not None else None
     promote = getattr(layer, "promote_dtype", dtypes.promote_dtype)
     return promote((x, layer.kernel.value, bias), dtype=layer.dtype)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("dimension_numbers", "precision", "preferred_element_type", "out_sharding"), inline=True
+)
+def _dense(x, kernel, bias, *, dimension_numbers, precision, preferred_element_type, out_sharding):
+    """``dot_general(x, kernel) + bias`` as one compiled kernel.
+
+    Eagerly this is one dispatch instead of two (``jax.lax.dot_general`` run
+    op by op also takes JAX's slow primitive path); inside a trace it is
+    inlined, so jaxprs and compiled programs are the same as before.
+    """
+    y = jax.lax.dot_general(
+        x, kernel, dimension_numbers, precision=precision, **_dot_kwargs(preferred_element_type, out_sharding)
+    )
+    return y if bias is None else y + bias
 
 
 def _dot_kwargs(preferred_element_type: Any, out_sharding: Any) -> dict[str, Any]:
@@ -142,13 +159,23 @@ class Linear(Module):
                 f"last axis has size {self.in_features}, got shape {tuple(x.shape)}."
             )
         x, kernel, bias = _promoted(self, x)
-        y = self.dot_general(
-            x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision,
-            **_dot_kwargs(self.preferred_element_type, out_sharding),
-        )
-        if bias is not None:
-            y = y + bias
-        return y
+        dims = (((x.ndim - 1,), (0,)), ((), ()))
+        # On an explicit-sharding mesh, work out the output sharding unless it was given.
+        op_sharding = _sharding.dot_general_out_sharding(out_sharding, x, kernel, dims)
+        if op_sharding is not None and bias is not None:
+            bias = _sharding.fit_spec(bias, _sharding.spec_entries(op_sharding, x.ndim)[-1:])
+        if self.dot_general is jax.lax.dot_general:
+            y = _dense(
+                x, kernel, bias, dimension_numbers=dims, precision=self.precision,
+                preferred_element_type=self.preferred_element_type, out_sharding=op_sharding,
+            )
+        else:
+            y = self.dot_general(
+                x, kernel, dims, precision=self.precision, **_dot_kwargs(self.preferred_element_type, op_sharding),
+            )
+            if bias is not None:
+                y = y + bias
+        return _sharding.constrain(y, out_sharding, op_sharding)
 
 
 class _Reshaped:
@@ -299,16 +326,21 @@ class LinearGeneral(Module):
             dot_general = self.dot_general_cls()
         else:
             dot_general = self.dot_general if self.dot_general is not None else jax.lax.dot_general
+        dims = ((axes, kernel_in), (batch_axes, batch_axes))
+        op_sharding = _sharding.dot_general_out_sharding(out_sharding, x, kernel, dims)
         y = dot_general(
-            x, kernel, ((axes, kernel_in), (batch_axes, batch_axes)), precision=self.precision,
-            **_dot_kwargs(self.preferred_element_type, out_sharding),
+            x, kernel, dims, precision=self.precision, **_dot_kwargs(self.preferred_element_type, op_sharding),
         )
         if bias is not None:
             # dot_general puts batch axes first, then the free input axes, then the features.
             n_free = ndim - len(axes) - n_batch
+            if op_sharding is not None:
+                out_spec = _sharding.spec_entries(op_sharding, y.ndim)
+                n_out = len(self.out_features)
+                bias = _sharding.fit_spec(bias, out_spec[:n_batch] + out_spec[y.ndim - n_out:])
             bias_shape = bias.shape[:n_batch] + (1,) * n_free + self.out_features
             y = y + bias.reshape(bias_shape)
-        return y
+        return _sharding.constrain(y, out_sharding, op_sharding)
 
 
 class Einsum(Module):
@@ -378,7 +410,8 @@ class Einsum(Module):
             )
         eq = self.einsum_str if einsum_str is None else _check_equation(einsum_str, self.kernel_shape)
         x, kernel, bias = _promoted(self, x)
-        y = self.einsum_op(eq, x, kernel, precision=self.precision, **_dot_kwargs(self.preferred_element_type, out_sharding))
+        op_sharding = _sharding.einsum_out_sharding(out_sharding, eq, x, kernel)
+        y = self.einsum_op(eq, x, kernel, precision=self.precision, **_dot_kwargs(self.preferred_element_type, op_sharding))
         if bias is not None:
             shape = _bias_broadcast_shape(eq, self.kernel_shape, y.ndim)
             if math.prod(shape) != bias.size:
@@ -387,8 +420,12 @@ class Einsum(Module):
                     f"Einsum: bias_shape {self.bias_shape} does not fit {eq!r}: the output axes that come from "
                     f"the kernel have sizes {kernel_axes}, so the bias needs that shape."
                 )
-            y = y + bias.reshape(shape)
-        return y
+            bias = bias.reshape(shape)
+            if op_sharding is not None:  # the broadcast axes (size 1) are replicated
+                out_spec = _sharding.spec_entries(op_sharding, y.ndim)
+                bias = _sharding.fit_spec(bias, tuple(e if n != 1 else None for e, n in zip(out_spec, shape)))
+            y = y + bias
+        return _sharding.constrain(y, out_sharding, op_sharding)
 
 
 def _check_equation(einsum_str: str, kernel_shape: tuple[int, ...]) -> str:

@@ -26,6 +26,7 @@ from jax import lax
 from nnxlite.module import Module
 from nnxlite.nn import initializers
 from nnxlite.nn import dtypes
+from nnxlite.nn._sharding import broadcast_like, match
 from nnxlite.nn.dtypes import result_dtype
 from nnxlite.nn.initializers import Initializer
 from nnxlite.functional import param_from_init
@@ -105,12 +106,13 @@ def _normalize(
     """``(x - mean) * rsqrt(var + eps) * scale + bias``, broadcasting stats and params into place."""
     stats_shape = tuple(1 if i in reduction_axes else n for i, n in enumerate(x.shape))
     feature_shape = tuple(n if i in feature_axes else 1 for i, n in enumerate(x.shape))
-    multiplier = lax.rsqrt(var.reshape(stats_shape) + epsilon)
+    # broadcast_like is a reshape; on an explicit-sharding mesh it also lays the operand out like x.
+    multiplier = lax.rsqrt(broadcast_like(var, stats_shape, x) + epsilon)
     if scale is not None:
-        multiplier = multiplier * scale.reshape(feature_shape)
-    y = (x - mean.reshape(stats_shape)) * multiplier
+        multiplier = multiplier * broadcast_like(scale, feature_shape, x)
+    y = (x - broadcast_like(mean, stats_shape, x)) * multiplier
     if bias is not None:
-        y = y + bias.reshape(feature_shape)
+        y = y + broadcast_like(bias, feature_shape, x)
     return jnp.asarray(y, result_dtype(x, scale, bias, dtype=dtype))
 
 
@@ -277,8 +279,9 @@ class BatchNorm(Module):
                 axis_name=self.axis_name, axis_index_groups=self.axis_index_groups, mask=mask,
             )
             m = self.momentum
-            self.mean.value = m * self.mean.value + (1 - m) * mean
-            self.var.value = m * self.var.value + (1 - m) * var
+            # (match: on an explicit-sharding mesh, the batch statistics take the running ones' layout)
+            self.mean.value = m * self.mean.value + (1 - m) * match(mean, self.mean.value)
+            self.var.value = m * self.var.value + (1 - m) * match(var, self.var.value)
         return _normalize(x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon)
 
 

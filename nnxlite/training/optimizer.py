@@ -40,6 +40,7 @@ from nnxlite import _epoch
 from nnxlite import filters as filterlib
 from nnxlite import graph
 from nnxlite.module import Module
+from nnxlite.training import _eager_update
 from nnxlite.state import State, StateStructure, _fmt_path, _new_state
 from nnxlite.variables import OptState, Param, Variable
 
@@ -119,6 +120,10 @@ class Optimizer(Module):
         ['0/trace/head/bias', '0/trace/head/kernel']
     """
 
+    # Eager calls run optax as one compiled step (see nnxlite.training._eager_update);
+    # set `optimizer.compile_eager = False` to dispatch every operation separately.
+    compile_eager = True
+
     def __init__(self, model: Any, tx: optax.GradientTransformation, *, wrt: filterlib.Filter = Param):
         if isinstance(wrt, list):
             wrt = tuple(wrt)  # filters are static data and must be hashable
@@ -163,6 +168,10 @@ class Optimizer(Module):
         plan = self._plan()
         structure = plan.structure
         grads = _adopt_grads(grads, structure, plan.param_vars)
+        if self.compile_eager and _eager_update.try_compiled_update(self, plan, grads, kwargs):
+            step = self.step
+            step.raw_value = step.raw_value + 1
+            return
         params = _new_state([v.raw_value for v in plan.param_vars], structure)
         spec: _Spec = self._spec
         opt_state = spec.treedef.unflatten([v.raw_value for v in plan.opt_vars])

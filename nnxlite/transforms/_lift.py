@@ -75,33 +75,105 @@ def _is_node(x: Any) -> bool:
 class _RootsCache:
     """The joint traversal of a call's graph roots, reused while identities and epoch match.
 
-    Identities are checked through weak references (the cached traversal itself
-    still holds the objects until the next call replaces it); roots that cannot
-    be weakly referenced (tracked lists) simply disable the cache.
+    It holds the roots only weakly and drops everything (the traversal and its
+    Variables) as soon as any root is freed, so a cache never keeps a model
+    alive after the user let go of it. The cached traversal keeps the
+    Variables (needed to read and write them) but not the module objects:
+    those are looked up through weak references when a caller asks for them.
+    Roots that cannot be weakly referenced (tracked lists) disable the cache.
     """
 
-    __slots__ = ("_refs", "_flat")
+    __slots__ = ("_refs", "_flat", "__weakref__")
 
     def __init__(self):
         self._refs: tuple = ()
-        self._flat = None
+        self._flat: _DetachedFlat | None = None
 
-    def get(self, roots: tuple) -> graph._Flat:
-        flat = self._flat
+    def get(self, roots: tuple):
+        cached = self._flat
         refs = self._refs
-        if flat is not None and flat.epoch == _epoch._current and len(refs) == len(roots):
+        if cached is not None and cached.epoch == _epoch._current and len(refs) == len(roots):
             for r, o in zip(refs, roots):
                 if r() is not o:
                     break
             else:
-                return flat
+                return _FlatView(cached, roots)
         flat = graph.flatten_roots(roots)
-        try:
-            self._refs = tuple(weakref.ref(o) for o in roots)
-            self._flat = flat
-        except TypeError:
-            self._refs, self._flat = (), None
+        self.store(roots, flat)
         return flat
+
+    def store(self, roots: tuple, flat: graph._Flat) -> None:
+        self._refs, self._flat = (), None
+        try:
+            self._refs = _weak_refs(roots, self._drop_callback())
+        except TypeError:
+            return
+        self._flat = _DetachedFlat(flat)
+
+    def _drop_callback(self) -> Callable:
+        me = weakref.ref(self)
+
+        def drop(_):
+            cache = me()
+            if cache is not None:
+                cache._refs, cache._flat = (), None
+
+        return drop
+
+
+def _weak_refs(objects: Sequence, callback: Callable) -> tuple:
+    """Weak references to ``objects`` that call ``callback`` when any of them is freed (TypeError if one cannot)."""
+    return tuple(weakref.ref(o, callback) for o in objects)
+
+
+class _DetachedFlat:
+    """A traversal without strong references to its module objects (see :class:`_RootsCache`)."""
+
+    __slots__ = ("epoch", "graphdef", "variables", "aliases", "node_paths", "groups", "_nodes")
+
+    def __init__(self, flat: graph._Flat):
+        self.epoch = flat.epoch
+        self.graphdef = flat.graphdef
+        self.variables = flat.variables
+        self.aliases = flat.aliases
+        self.node_paths = flat.node_paths
+        self.groups = flat.groups
+        # Node 0 is the tuple of roots (rebuilt from the call's own roots); tuples cannot
+        # be weakly referenced, and are kept as they are (they hold only what a root holds).
+        nodes = []
+        for o in flat.node_objects[1:]:
+            try:
+                nodes.append(weakref.ref(o))
+            except TypeError:
+                nodes.append(o)
+        self._nodes = nodes
+
+
+class _FlatView:
+    """A cached traversal seen for one call: the live roots plus the cache's objects."""
+
+    __slots__ = ("_d", "_roots", "_node_objects")
+
+    def __init__(self, detached: _DetachedFlat, roots: tuple):
+        self._d = detached
+        self._roots = roots
+        self._node_objects = None
+
+    epoch = property(lambda self: self._d.epoch)
+    graphdef = property(lambda self: self._d.graphdef)
+    variables = property(lambda self: self._d.variables)
+    aliases = property(lambda self: self._d.aliases)
+    node_paths = property(lambda self: self._d.node_paths)
+    groups = property(lambda self: self._d.groups)
+
+    @property
+    def node_objects(self) -> list:
+        if self._node_objects is None:
+            objs = [tuple(self._roots)]
+            for o in self._d._nodes:
+                objs.append(o() if type(o) is weakref.ref else o)
+            self._node_objects = objs
+        return self._node_objects
 
 
 class _Inputs:

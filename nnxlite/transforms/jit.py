@@ -28,7 +28,7 @@ from nnxlite.transforms._lift import (
     _call_entries,
     _enter,
     _explain_leak,
-    _finish,
+    _KEEP,
     _Inputs,
     _is_node,
     _leave,
@@ -132,9 +132,14 @@ def _plain_leaf(x: Any) -> bool:
 
 
 class _Entry:
-    """The fast path of one jit-wrapped function: valid for one set of roots at one epoch."""
+    """The fast path of one jit-wrapped function: valid for one set of roots at one epoch.
 
-    __slots__ = ("epoch", "nargs", "refs", "dyn_pos", "statics", "variables", "don_vars", "keep_vars", "fn", "flat")
+    It holds the roots weakly (their Variables strongly, to read and write
+    them fast); the weak references' callback clears the entry as soon as any
+    root is freed, so a dropped model's arrays are released.
+    """
+
+    __slots__ = ("epoch", "nargs", "refs", "dyn_pos", "statics", "variables", "don_vars", "keep_vars", "fn")
 
 
 class _Compiled:
@@ -193,20 +198,23 @@ class _Jitted:
                             break
                     else:
                         dyn = [args[i] for i in e.dyn_pos]
+                        variables = e.variables
                         don = [v.raw_value for v in e.don_vars]
                         if don:
                             _own_donated(don)
                         try:
-                            aligned, extra, out, meta = e.fn(don, [v.raw_value for v in e.keep_vars], *dyn)
+                            changed, extra, out, meta = e.fn(don, [v.raw_value for v in e.keep_vars], *dyn)
                         except Exception as err:
-                            _explain_leak(e.variables, err)
+                            _explain_leak(variables, err)
                             _note_lost(err, e.don_vars)
                             raise
                         if meta is None:
-                            for v, x in zip(e.variables, aligned):
-                                v.raw_value = x
+                            for j, x in changed.items():
+                                variables[j].raw_value = x
                             return out
-                        return _apply(meta, aligned, extra, out, e.flat)
+                        roots = tuple(args[i] for i, _ in e.refs)
+                        aligned = _scatter(len(variables), _KEEP, (tuple(changed), tuple(changed.values())))
+                        return _apply(meta, aligned, extra, out, self._roots.get(roots))
         return self._call_slow(args, kwargs)
 
     # -- everything else ----------------------------------------------------------------
@@ -249,12 +257,18 @@ class _Jitted:
         if don:
             _own_donated(don)
         try:
-            aligned, extra, out, meta = comp.fn(don, [v.raw_value for v in keep_vars], *inputs.others)
+            changed, extra, out, meta = comp.fn(don, [v.raw_value for v in keep_vars], *inputs.others)
         except Exception as err:
             _explain_leak(variables, err)
             _note_lost(err, don_vars)
             raise
-        result = _finish(inputs, aligned, extra, out, meta)
+        if meta is None:
+            for j, x in changed.items():
+                variables[j].raw_value = x
+            result = out
+        else:
+            aligned = _scatter(len(variables), _KEEP, (tuple(changed), tuple(changed.values())))
+            result = _apply(meta, aligned, extra, out, inputs.flat)
         self._remember(args, kwargs, inputs, comp, statics, don_vars, keep_vars, epoch_before, meta)
         return result
 
@@ -265,12 +279,13 @@ class _Jitted:
             return
         static_pos = {i for i, _ in statics}
         refs, dyn_pos = [], []
+        drop = self._drop_entry_callback()
         for i, a in enumerate(args):
             if i in static_pos:
                 continue
             if _is_node(a):
                 try:
-                    refs.append((i, weakref.ref(a)))
+                    refs.append((i, weakref.ref(a, drop)))
                 except TypeError:
                     return
             elif _plain_leaf(a):
@@ -286,7 +301,9 @@ class _Jitted:
         e = _Entry()
         e.epoch = _epoch._current
         if flat is not None:
-            flat.epoch = e.epoch
+            self._roots.store(inputs.roots, flat)
+            if self._roots._flat is not None:
+                self._roots._flat.epoch = e.epoch
         e.nargs = len(args)
         e.refs = tuple(refs)
         e.dyn_pos = tuple(dyn_pos)
@@ -295,8 +312,17 @@ class _Jitted:
         e.don_vars = don_vars
         e.keep_vars = keep_vars
         e.fn = comp.fn
-        e.flat = flat
         self._entry = e
+
+    def _drop_entry_callback(self) -> Callable:
+        me = weakref.ref(self)
+
+        def drop(_):  # a root of the cached call was freed: let go of its Variables
+            jitted = me()
+            if jitted is not None:
+                jitted._entry = None
+
+        return drop
 
     def _compile(self, inputs: _Inputs, dargs, dkwargs, statics, static_kw) -> _Compiled:
         fun = self._fun
@@ -329,15 +355,24 @@ class _Jitted:
         donate = ((0,) if don_idx else ()) + dyn_donate
 
         jit_kwargs = dict(self._jit_kwargs)
+        out_state: list = []
+        relayout: frozenset = frozenset()
         if self._in_shardings is not None or self._out_shardings is not None:
             in_s, out_state = self._shardings(inputs, dargs, dkwargs, arg_of_leaf, don_idx, keep_idx)
             if self._in_shardings is not None:
                 jit_kwargs["in_shardings"] = in_s
-            out_user = self._out_shardings
-            jit_kwargs["out_shardings"] = (out_state, None, out_user, None)
+                # Variables not yet in the layout asked for come back (and so are stored) in it.
+                relayout = frozenset(
+                    j for j, (v, sh) in enumerate(zip(inputs.variables, out_state))
+                    if sh is not None and not _has_layout(v.raw_value, sh)
+                )
+            # Which Variables come out is known only after tracing, so their layout is pinned
+            # inside (below) rather than by an out_shardings prefix.
+            jit_kwargs["out_shardings"] = (None, None, self._out_shardings, None)
 
         static_items = statics
         don_t, keep_t = tuple(don_idx), tuple(keep_idx)
+        don_set = frozenset(don_idx) | relayout
 
         def inner(don, keep, *others):
             leaves = _scatter(n_vars, None, (don_t, don), (keep_t, keep))
@@ -348,7 +383,16 @@ class _Jitted:
                     args[i] = s
                 kwargs = dict(kwargs, **dict(static_kw))
             out = fun(*args, **kwargs)
-            return _leave(pre, roots, out, leaves)
+            aligned, extra, out, meta = _leave(pre, roots, out, leaves)
+            # Only Variables whose value the function replaced travel out: an output that *is*
+            # the input tracer is unchanged, so an inference call returns no state at all.
+            # Donated ones always come back (their input buffers are consumed).
+            changed = {j: x for j, x in enumerate(aligned) if x is not leaves[j] or j in don_set}
+            if out_state:  # updated Variables keep their input sharding
+                for j, x in changed.items():
+                    if out_state[j] is not None:
+                        changed[j] = jax.lax.with_sharding_constraint(x, out_state[j])
+            return changed, extra, out, meta
 
         inner.__name__ = getattr(fun, "__name__", "fn")
         inner.__qualname__ = getattr(fun, "__qualname__", inner.__name__)
@@ -390,6 +434,14 @@ class _Jitted:
             [variables[j].raw_value for j in comp.keep_idx],
             *inputs.others,
         )
+
+
+def _has_layout(x: Any, sharding: Any) -> bool:
+    """Is array ``x`` already laid out as ``sharding`` (False when unsure)?"""
+    try:
+        return isinstance(sharding, jax.sharding.Sharding) and x.sharding.is_equivalent_to(sharding, x.ndim)
+    except Exception:
+        return False
 
 
 def _resolve_argnums(fun, argnums, argnames) -> tuple[tuple, tuple]:
