@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnxlite.module import Module
-from nnxlite.variables import RngCount, RngKey
+from nnxlite.variables import RngCount, RngKey, _check_not_closed_over, _staging
 
 __all__ = ["Context", "Rngs", "RngStream", "ContextDef", "context"]
 
@@ -62,8 +62,14 @@ class RngStream(Module):
     def __init__(self, key: Any, *, count: Any = 0):
         self.key = RngKey(_as_key(key))
         self.count = RngCount(jnp.asarray(count, dtype=jnp.uint32))
+        if not _staging():
+            # Made eagerly: drawing from this very object inside jit means it was closed
+            # over (the transforms draw from copies they build). Not part of the graph.
+            self.__dict__["_nnx_eager"] = True
 
     def __call__(self) -> jax.Array:
+        if "_nnx_eager" in self.__dict__:  # the user's own stream, not a transform's copy
+            _check_not_closed_over(self.count, "A random stream")
         with _draw_lock:
             count = self.count.raw_value
             last = np.array(jnp.iinfo(count.dtype).max, count.dtype)  # the last count before a wrap to 0

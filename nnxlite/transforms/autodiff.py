@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from nnxlite import graph
 from nnxlite import filters as filterlib
 from nnxlite.state import State, StateStructure, _new_state, path_sort_key
 from nnxlite.transforms.lift_types import DiffState
@@ -132,6 +133,20 @@ class _Plan:
         self.arg_grads = arg_grads  # per argnum: (treedef, [("var", [k...], structure) | ("other", k)])
 
 
+def _selects(pred, flat, root: int, path: tuple, j: int) -> bool:
+    """Does ``wrt`` select Variable ``j``, reachable from argument ``root`` by ``path`` (and maybe others)?
+
+    As everywhere, a path filter matches a Variable in a shared sub-module
+    when any of its paths does (see :func:`nnxlite.filters.matches`).
+    """
+    v = flat.variables[j]
+    gd = flat.graphdef
+    if j not in graph._edges(gd)[2]:
+        return pred(path, v)
+    more = (p[1:] for p in graph._other_paths(gd, j) if p[0] == root)
+    return filterlib.matches(pred, filterlib._LazyPaths(path, more), v)
+
+
 def _plan(inputs: _Inputs, argnums: tuple, wrts: tuple) -> _Plan:
     preds = [filterlib.to_predicate(w) for w in wrts]
     flat = inputs.flat
@@ -162,7 +177,7 @@ def _plan(inputs: _Inputs, argnums: tuple, wrts: tuple) -> _Plan:
             if inputs.mask[leaf]:
                 entries = []
                 for path, j in reach.get(root_of_leaf[leaf], []):
-                    if not pred(path, flat.variables[j]) or j in taken:
+                    if j in taken or not _selects(pred, flat, root_of_leaf[leaf], path, j):
                         continue
                     taken[j] = len(diff_vars)
                     diff_vars.append(j)
