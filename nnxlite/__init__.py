@@ -16,7 +16,7 @@ from nnxlite.module import Dict, List, Module
 from nnxlite._data import DataLeaf, data, is_data, register_data_type, static
 from nnxlite.pytree import Object, Pytree, check_pytree, dataclass
 from nnxlite.rng import Context, ContextDef, Rngs, RngStream, context
-from nnxlite.rng_ops import backup_keys, fork_rngs, reseed, restore_rngs, split_rngs, with_rngs
+from nnxlite.rng_ops import SplitBackups, backup_keys, fork_rngs, reseed, restore_rngs, split_rngs, with_rngs
 from nnxlite.state import State
 from nnxlite.variables import (
     BatchStat,
@@ -57,9 +57,25 @@ from nnxlite.compat import graphlib, rnglib, statelib, variablelib
 from nnxlite import filters as filterlib
 from nnxlite.training import optimizer
 from nnxlite.training.optimizer import ModelAndOptimizer
-from nnxlite.transforms import Carry, cond, eval_shape, grad, jit, remat, scan, switch, value_and_grad, vmap
+from nnxlite.transforms import (
+    Carry,
+    cond,
+    eval_shape,
+    fori_loop,
+    grad,
+    jit,
+    jvp,
+    pmap,
+    remat,
+    scan,
+    shard_map,
+    switch,
+    value_and_grad,
+    vjp,
+    vmap,
+    while_loop,
+)
 from nnxlite.transforms.lift_types import DiffState, StateAxes, StateSharding
 from nnxlite.transforms.modes import set_graph_mode, set_graph_updates
-from nnxlite.rng_split import SplitBackups, restore_rngs, split_rngs
 
 __version__ = "0.1.0"

@@ -82,54 +82,123 @@ def summary(node: Any) -> str:
     return ", ".join(parts)
 
 
+# Nesting deeper than this is shown as ``Name(...)``: the text of a deeper repr
+# grows with the square of the depth (indentation), and nobody reads it.
+MAX_REPR_DEPTH = 64
+
+
 def module_repr(module: Any) -> str:
-    body = _render(module, 0, set())
     try:
-        tail = summary(module)
+        from nnxlite import graph
+
+        flat = graph._flat(module)
     except Exception:  # repr must never fail, even on a graph that cannot split yet
+        flat = None
+    body = _render(module, flat)
+    try:
+        tail = summary(module) if flat is not None else ""
+    except Exception:
         tail = ""
     return f"{body}  # {tail}" if tail else body
 
 
-def _render(obj: Any, depth: int, seen: set) -> str:
+class _Canon:
+    """Which occurrence of a shared node is the real one: the one at its canonical path.
+
+    That is the path its Variables have in ``nnx.state``, so ``print(model)``
+    and the State agree. Without a traversal (a graph that cannot split), the
+    first occurrence printed is the real one.
+    """
+
+    def __init__(self, flat):
+        self.flat = flat
+        self.index = {id(o): i for i, o in enumerate(flat.node_objects)} if flat is not None else None
+        self.seen: set = set()
+
+    def real_here(self, obj: Any, parent: Any, key: Any) -> tuple[bool, str]:
+        if self.index is not None:
+            i = self.index.get(id(obj))
+            if i is not None:
+                first = self.flat.node_parents[i]
+                if parent is None or (
+                    first is not None and self.index.get(id(parent)) == first[0] and first[1] == key
+                ):
+                    return True, ""
+                return False, " at " + ("/".join(map(str, self.flat.node_path(i))) or "<root>")
+        if id(obj) in self.seen:
+            return False, ""
+        self.seen.add(id(obj))
+        return True, ""
+
+
+def _render(root: Any, flat) -> str:
+    """The text of ``root``; iterative (an explicit stack), so any depth is safe."""
     from nnxlite.module import Module
     from nnxlite.variables import Variable
 
-    if isinstance(obj, Variable):
-        return f"{type(obj).__name__}({_short(obj.raw_value)})"
-    if isinstance(obj, Module):
-        if id(obj) in seen:  # already printed above (shared reference or cycle)
-            return f"<shared {type(obj).__name__}>"
-        seen.add(id(obj))
-        config, children = [], []
-        for k, v in vars(obj).items():
-            if k.startswith("_") or isinstance(v, Variable):
-                continue
-            if v is None or _is_default(type(obj), k, v):
-                continue
-            if _is_config(v):
-                config.append(f"{k}={_fmt_config(v)}")
-            elif _holds_modules(v):
-                children.append((k, v))
+    canon = _Canon(flat)
+    out: list[str] = []
+    # Work items: a str is emitted as is; a tuple (obj, depth, parent, key) is rendered.
+    work: list = [(root, 0, None, None)]
+    while work:
+        item = work.pop()
+        if type(item) is str:
+            out.append(item)
+            continue
+        obj, depth, parent, key = item
+        if isinstance(obj, Variable):
+            out.append(f"{type(obj).__name__}({_short(obj.raw_value)})")
+            continue
         name = type(obj).__name__
-        if not children:
-            return f"{name}({', '.join(config)})"
-        pad = "  " * (depth + 1)
-        lines = [f"{pad}{c}," for c in config]
-        lines += [f"{pad}{k}={_render(v, depth + 1, seen)}," for k, v in children]
-        return f"{name}(\n" + "\n".join(lines) + f"\n{'  ' * depth})"
-    if isinstance(obj, (list, tuple)):
-        open_, close = ("[", "]") if isinstance(obj, list) else ("(", ")")
-        pad = "  " * (depth + 1)
-        inner = [f"{pad}{_render(v, depth + 1, seen)}," for v in obj]
-        return open_ + "\n" + "\n".join(inner) + f"\n{'  ' * depth}{close}"
-    if isinstance(obj, dict):
-        pad = "  " * (depth + 1)
-        inner = [f"{pad}{k!r}: {_render(v, depth + 1, seen)}," for k, v in obj.items()]
-        return "{\n" + "\n".join(inner) + f"\n{'  ' * depth}}}"
-    if callable(obj):
-        return getattr(obj, "__name__", type(obj).__name__)
-    return repr(obj)
+        if isinstance(obj, (Module, list, tuple, dict)) and (isinstance(obj, Module) or _holds_modules(obj)):
+            real, where = canon.real_here(obj, parent, key) if parent is not None else canon.real_here(obj, None, None)
+            if not real:
+                out.append(f"<shared {name}{where}>")
+                continue
+        if isinstance(obj, Module):
+            config, children = [], []
+            for k, v in vars(obj).items():
+                if k.startswith("_") or isinstance(v, Variable):
+                    continue
+                if v is None or _is_default(type(obj), k, v):
+                    continue
+                if _is_config(v):
+                    config.append(f"{k}={_fmt_config(v)}")
+                elif _holds_modules(v):
+                    children.append((k, v))
+            if not children:
+                out.append(f"{name}({', '.join(config)})")
+                continue
+            if depth >= MAX_REPR_DEPTH:
+                out.append(f"{name}(...)")
+                continue
+            pad = "  " * (depth + 1)
+            head = f"{name}(\n" + "".join(f"{pad}{c},\n" for c in config)
+            entries = [(f"{pad}{k}=", v, k) for k, v in children]
+            close = f"{'  ' * depth})"
+        elif isinstance(obj, (list, tuple, dict)):
+            if depth >= MAX_REPR_DEPTH:
+                out.append("[...]" if isinstance(obj, list) else "(...)" if isinstance(obj, tuple) else "{...}")
+                continue
+            pad = "  " * (depth + 1)
+            if isinstance(obj, dict):
+                head, close = "{\n", f"{'  ' * depth}}}"
+                entries = [(f"{pad}{k!r}: ", v, k) for k, v in obj.items()]
+            else:
+                open_, close_ = ("[", "]") if isinstance(obj, list) else ("(", ")")
+                head, close = open_ + "\n", f"{'  ' * depth}{close_}"
+                entries = [(pad, v, i) for i, v in enumerate(obj)]
+        else:
+            out.append(getattr(obj, "__name__", name) if callable(obj) else repr(obj))
+            continue
+        # Pushed in reverse: the stack pops them in reading order.
+        work.append(close)
+        for prefix, v, k in reversed(entries):
+            work.append(",\n")
+            work.append((v, depth + 1, obj, k))
+            work.append(prefix)
+        out.append(head)
+    return "".join(out)
 
 
 @functools.cache
@@ -156,12 +225,14 @@ _NO_DEFAULT = object()
 def _holds_modules(value: Any) -> bool:
     from nnxlite.module import Module
 
-    if isinstance(value, Module):
-        return True
-    if isinstance(value, (list, tuple)):
-        return any(_holds_modules(v) for v in value)
-    if isinstance(value, dict):
-        return any(_holds_modules(v) for v in value.values())
+    stack, seen = [value], set()
+    while stack:  # iterative: containers may nest arbitrarily deep
+        v = stack.pop()
+        if isinstance(v, Module):
+            return True
+        if isinstance(v, (list, tuple, dict)) and id(v) not in seen:
+            seen.add(id(v))
+            stack.extend(v.values() if isinstance(v, dict) else v)
     return False
 
 

@@ -32,7 +32,8 @@ Predicate = Callable[[Path, Variable], bool]
 Filter = Union[type, tuple, list, str, Callable, "ellipsis", bool, None]  # noqa: F821
 
 __all__ = [
-    "Filter", "to_predicate", "Not", "All", "Any", "PathContains", "OfType", "WithTag", "Everything", "Nothing",
+    "Filter", "to_predicate", "matches", "Not", "All", "Any", "PathContains", "OfType", "WithTag", "Everything",
+    "Nothing",
 ]
 
 
@@ -43,6 +44,9 @@ class OfType:
         self.type = type_
 
     def __call__(self, path: Path, variable: Variable) -> bool:
+        return isinstance(variable, self.type)
+
+    def any_path(self, paths, variable: Variable) -> bool:
         return isinstance(variable, self.type)
 
     def __repr__(self) -> str:
@@ -75,6 +79,9 @@ class PathContains:
         if self.exact:
             return self.key in path
         return builtins.any(str(self.key) in str(part) for part in path)
+
+    def any_path(self, paths, variable: Variable) -> bool:
+        return builtins.any(self(p, variable) for p in paths)
 
     def __repr__(self) -> str:
         return f"PathContains({self.key!r})"
@@ -133,12 +140,18 @@ class Any(_Combinator):
     def __call__(self, path: Path, variable: Variable) -> bool:
         return builtins.any(p(path, variable) for p in self.predicates)
 
+    def any_path(self, paths, variable: Variable) -> bool:
+        return builtins.any(matches(p, paths, variable) for p in self.predicates)
+
 
 class All(_Combinator):
     """Matches if every filter matches."""
 
     def __call__(self, path: Path, variable: Variable) -> bool:
         return builtins.all(p(path, variable) for p in self.predicates)
+
+    def any_path(self, paths, variable: Variable) -> bool:
+        return builtins.all(matches(p, paths, variable) for p in self.predicates)
 
 
 class Not(_Combinator):
@@ -150,11 +163,17 @@ class Not(_Combinator):
     def __call__(self, path: Path, variable: Variable) -> bool:
         return not self.predicates[0](path, variable)
 
+    def any_path(self, paths, variable: Variable) -> bool:
+        return not matches(self.predicates[0], paths, variable)
+
 
 class Everything:
     """Matches every Variable (``...`` and ``True`` mean this)."""
 
     def __call__(self, path: Path, variable: Variable) -> bool:
+        return True
+
+    def any_path(self, paths, variable: Variable) -> bool:
         return True
 
     def __repr__(self) -> str:
@@ -171,6 +190,9 @@ class Nothing:
     """Matches no Variable (``None`` and ``False`` mean this)."""
 
     def __call__(self, path: Path, variable: Variable) -> bool:
+        return False
+
+    def any_path(self, paths, variable: Variable) -> bool:
         return False
 
     def __repr__(self) -> str:
@@ -203,19 +225,51 @@ def to_predicate(filter: Filter) -> Predicate:
     )
 
 
-def partition_indices(items, filters: tuple, *, complete: bool) -> list[list[int]]:
+def matches(predicate: Predicate, paths, variable: Variable) -> bool:
+    """Does ``predicate`` select ``variable``, reachable by each path in ``paths``?
+
+    A Variable inside a shared sub-module has several paths (``model.enc`` is
+    also ``model.blocks[1]``). A path test (a string, :class:`PathContains`,
+    a plain callable) matches when *any* of them does; :class:`All`,
+    :class:`Any` and :class:`Not` combine those per-Variable answers, so
+    ``Not(PathContains('enc'))`` leaves out everything reachable as ``enc``.
+    ``paths`` is iterated lazily, canonical path first.
+
+    >>> paths = [("blocks", 1, "kernel"), ("enc", "kernel")]
+    >>> matches(PathContains("enc"), paths, None), matches(Not(PathContains("enc")), paths, None)
+    (True, False)
+    """
+    any_path = getattr(predicate, "any_path", None)
+    if any_path is not None:
+        return any_path(paths, variable)
+    return builtins.any(predicate(p, variable) for p in paths)
+
+
+def partition_indices(items, filters: tuple, *, complete: bool, alternatives=None) -> list[list[int]]:
     """Group ``(path, variable)`` items by the first filter each matches.
 
     Returns one list of item indices per filter. With ``complete`` and more
     than one filter, every item must match one, otherwise a ``ValueError``
     names the unmatched paths. (A single filter just selects.)
+    ``alternatives(i)``, if given, returns the other paths of item ``i``
+    (an iterable, or None when it has only one): see :func:`matches`.
     """
     predicates = [to_predicate(f) for f in filters]
     buckets: list[list[int]] = [[] for _ in predicates]
     unmatched = []
     for i, (path, variable) in enumerate(items):
+        more = alternatives(i) if alternatives is not None else None
+        if more is None:
+            for bucket, pred in zip(buckets, predicates):
+                if pred(path, variable):
+                    bucket.append(i)
+                    break
+            else:
+                unmatched.append(path)
+            continue
+        paths = _LazyPaths(path, more)
         for bucket, pred in zip(buckets, predicates):
-            if pred(path, variable):
+            if matches(pred, paths, variable):
                 bucket.append(i)
                 break
         else:
@@ -223,6 +277,26 @@ def partition_indices(items, filters: tuple, *, complete: bool) -> list[list[int
     if complete and unmatched and len(filters) > 1:
         raise ValueError(_unmatched_text(unmatched, filters))
     return buckets
+
+
+class _LazyPaths:
+    """The canonical path, then the alternatives, generated once and remembered."""
+
+    def __init__(self, first: Path, more):
+        self._seen = [first]
+        self._more = iter(more)
+
+    def __iter__(self):
+        i = 0
+        while True:
+            if i < len(self._seen):
+                yield self._seen[i]
+                i += 1
+                continue
+            nxt = next(self._more, None)
+            if nxt is None:
+                return
+            self._seen.append(nxt)
 
 
 def _unmatched_text(unmatched: list, filters: tuple) -> str:

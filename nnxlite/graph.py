@@ -32,13 +32,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from nnxlite import _data, _epoch
 from nnxlite import filters as filterlib
 from nnxlite.variables import _EMPTY_METADATA
 from nnxlite.state import State, StateStructure, _fmt_path, _key_error_text, _new_state, _key_order, path_sort_key
-from nnxlite.variables import Variable
+from nnxlite.variables import Variable, _tracer_is_dead
 
 __all__ = [
     "GraphDef",
@@ -62,7 +63,11 @@ STATIC, VAR, NODE = 0, 1, 2
 OBJECT, LIST, DICT, TUPLE = 0, 1, 2, 3
 
 _NODE_BASES: tuple[type, ...] = ()
+# list/dict subclasses whose edits bump the epoch (nnx.List, nnx.Dict; registered by module.py).
+_TRACKED_CONTAINERS: tuple[type, ...] = ()
 _CACHE_KEY = "_nnx_flat"
+# A kind returned by _node_kind for containers the graph cannot rebuild faithfully.
+_UNSUPPORTED = -1
 # Per-instance data/static statuses (pytree.py); the one `_nnx_` attribute the
 # traversal keeps, as a static item, so a merged copy has the same statuses.
 STATUS_KEY = "_nnx_status"
@@ -77,25 +82,40 @@ def register_node_base(cls: type) -> type:
     return cls
 
 
+def register_tracked_container(cls: type) -> type:
+    """Declare a list/dict subclass whose every edit bumps the structural epoch."""
+    global _TRACKED_CONTAINERS
+    _TRACKED_CONTAINERS = _TRACKED_CONTAINERS + (cls,)
+    return cls
+
+
 def _node_kind(value: Any) -> int | None:
     if isinstance(value, _NODE_BASES):
         return OBJECT
     if isinstance(value, list):
-        return LIST
+        t = type(value)
+        return LIST if t is list or issubclass(t, _TRACKED_CONTAINERS) else _UNSUPPORTED
     if isinstance(value, dict):
-        return DICT
+        t = type(value)
+        return DICT if t is dict or issubclass(t, _TRACKED_CONTAINERS) else _UNSUPPORTED
     if isinstance(value, tuple) and _has_graph_content(value):
-        return TUPLE
+        t = type(value)
+        # Tuples are rebuilt as ``tuple(items)`` or ``NamedTuple(*items)``; other
+        # subclasses have constructors we cannot know.
+        return TUPLE if t is tuple or hasattr(t, "_fields") else _UNSUPPORTED
     return None
 
 
 def _has_graph_content(value: Any) -> bool:
     # Tuples of plain values (kernel_size=(3, 3)) stay static; tuples holding
-    # Variables or nodes are traversed.
-    if isinstance(value, (Variable, list, dict)) or isinstance(value, _NODE_BASES):
-        return True
-    if isinstance(value, tuple):
-        return any(_has_graph_content(v) for v in value)
+    # Variables or nodes are traversed. Iterative: nesting depth is unbounded.
+    stack = [value]
+    while stack:
+        for v in stack.pop():
+            if isinstance(v, (Variable, list, dict)) or isinstance(v, _NODE_BASES):
+                return True
+            if isinstance(v, tuple):
+                stack.append(v)
     return False
 
 
@@ -107,12 +127,37 @@ def _items(obj: Any, kind: int) -> list[tuple[Any, Any]]:
     return list(enumerate(obj))
 
 
+def _static_sig(value: Any) -> Any:
+    """What, besides ``==``, two static values must share to count as the same.
+
+    ``==`` says ``0.0 == -0.0``, ``2 == 2.0`` and ``1 == True``, but a trace
+    specialised on one is wrong for the other. So GraphDefs also compare each
+    static value's type, and floats by their exact bits (which tells ``-0.0``
+    from ``0.0`` and makes every NaN equal to itself).
+    """
+    t = type(value)
+    if t is float:
+        return value.hex()
+    if t is complex:
+        return (value.real.hex(), value.imag.hex())
+    if t is tuple:
+        return (t, tuple(_static_sig(v) for v in value))
+    if t is frozenset:
+        return (t, frozenset(_static_sig(v) for v in value))
+    if isinstance(value, np.generic):
+        return (t, value.tobytes())
+    return t
+
+
 class GraphDef:
     """The static structure of an object graph (the seeds call it ``ModuleDef``).
 
     It is hashable and compares equal for structurally equal graphs, so it can
     be closed over, passed as a static argument, or returned from
-    ``jax.vmap(..., out_axes=None)`` (it is a pytree with no leaves).
+    ``jax.vmap(..., out_axes=None)`` (it is a pytree with no leaves). Static
+    attributes compare by type and value, as ``jax.jit`` static arguments do
+    (and ``-0.0`` differs from ``0.0``), so a trace is never reused for a
+    value that only compares equal.
 
     >>> import nnxlite as nnx
     >>> a = nnx.graphdef(nnx.Linear(2, 3, ctx=nnx.context(0)))
@@ -121,20 +166,26 @@ class GraphDef:
     (True, True)
     """
 
-    __slots__ = ("nodes", "vardefs", "paths", "root", "_hash", "_plan", "_data_leaves", "_structure", "__weakref__")
+    __slots__ = (
+        "nodes", "vardefs", "paths", "root", "statics", "_hash", "_plan", "_data_leaves", "_structure", "_edges",
+        "__weakref__",
+    )
 
-    def __init__(self, nodes: tuple, vardefs: tuple, paths: tuple, root: tuple):
+    def __init__(self, nodes: tuple, vardefs: tuple, paths: tuple, root: tuple, statics: tuple = ()):
         # nodes[i] = (type, kind, items); items = ((key, STATIC|VAR|NODE, payload), ...) in
         # the node's own order. vardefs[j] = (Variable type, frozen metadata). paths[j] is
-        # the first (canonical) path of Variable j. root = (VAR|NODE, index).
+        # the first (canonical) path of Variable j. root = (VAR|NODE, index). statics: the
+        # _static_sig of every static value and metadata value, in traversal order.
         self.nodes = nodes
         self.vardefs = vardefs
         self.paths = paths
         self.root = root
-        self._hash = hash((nodes, vardefs, root))
+        self.statics = statics
+        self._hash = hash((nodes, vardefs, root, statics))
         self._plan = None
         self._data_leaves = ()  # indices of plain data leaves; set with _plan
         self._structure = None
+        self._edges = None
 
     def __hash__(self) -> int:
         return self._hash
@@ -146,6 +197,7 @@ class GraphDef:
             isinstance(other, GraphDef)
             and self._hash == other._hash
             and self.root == other.root
+            and self.statics == other.statics
             and self.vardefs == other.vardefs
             and self.nodes == other.nodes
         )
@@ -166,7 +218,7 @@ class GraphDef:
         return f"GraphDef({root_type}, nodes={len(self.nodes)}, variables={len(self.vardefs)})"
 
     def __reduce__(self):
-        return (GraphDef, (self.nodes, self.vardefs, self.paths, self.root))
+        return (GraphDef, (self.nodes, self.vardefs, self.paths, self.root, self.statics))
 
 
 ModuleDef = GraphDef
@@ -175,20 +227,28 @@ jax.tree_util.register_pytree_node(GraphDef, lambda g: ((), g), lambda g, _: g)
 
 
 class _Flat:
-    """One traversal of a graph: its GraphDef plus the live objects it found."""
+    """One traversal of a graph: its GraphDef plus the live objects it found.
 
-    __slots__ = ("epoch", "graphdef", "variables", "aliases", "node_objects", "node_paths", "groups", "data_slots")
+    ``epoch`` is the structural epoch read *before* the traversal started, so
+    an edit made by another thread while it ran makes this entry stale.
+    """
 
-    def __init__(self, epoch, graphdef, variables, aliases, node_objects, node_paths, data_slots=()):
+    __slots__ = (
+        "epoch", "graphdef", "variables", "aliases", "node_objects", "node_parents", "_node_paths", "groups",
+        "data_slots",
+    )
+
+    def __init__(self, epoch, graphdef, variables, aliases, node_objects, node_parents, data_slots=()):
         self.epoch = epoch
         self.graphdef = graphdef
         # Variable objects in graphdef.paths order; plain data leaves (array
         # attributes) appear as live slots (``_data._Slot``) with the same
         # ``raw_value`` interface, so readers and writers need not care.
         self.variables = variables
-        self.aliases = aliases  # every path that reaches a Variable -> its index
+        self.aliases = aliases  # every path that reaches a Variable directly -> its index
         self.node_objects = node_objects
-        self.node_paths = node_paths
+        self.node_parents = node_parents  # node i was first reached as (parent index, key); root: None
+        self._node_paths = None
         self.groups: dict = {}  # filters -> (index lists, structures)
         self.data_slots = data_slots  # indices of the plain data leaves
 
@@ -201,19 +261,50 @@ class _Flat:
             children[j] = children[j].raw_value
         return children
 
+    @property
+    def node_paths(self) -> list:
+        """The canonical path of every node (built on first use: deep graphs make them long)."""
+        if self._node_paths is None:
+            paths: list = [()] * len(self.node_objects)
+            for i, parent in enumerate(self.node_parents):
+                if parent is not None:
+                    paths[i] = paths[parent[0]] + (parent[1],)
+            self._node_paths = paths
+        return self._node_paths
 
-def _traverse(root: Any) -> _Flat:
+    def node_path(self, i: int) -> Path:
+        """The canonical path of node ``i``."""
+        keys = []
+        parent = self.node_parents[i]
+        while parent is not None:
+            keys.append(parent[1])
+            parent = self.node_parents[parent[0]]
+        return tuple(reversed(keys))
+
+
+def _traverse(root: Any, epoch: int | None = None) -> _Flat:
+    """Walk the graph below ``root`` once (depth-first, keys in canonical order).
+
+    The walk uses an explicit stack, so any nesting depth works. Nodes are
+    numbered in pre-order; since each node's keys are visited sorted, the
+    first path that reaches an object is its canonical (smallest) path.
+    """
+    if epoch is None:
+        epoch = _epoch.current()  # before the walk: a concurrent edit must invalidate the result
     node_index: dict[int, int] = {}
     var_index: dict[int, int] = {}
     nodes: list = []
     node_objects: list = []
-    node_paths: list = []
+    node_parents: list = []
     variables: list = []
     paths: list = []
     vardefs: list = []
     aliases: dict[Path, int] = {}
+    statics: list = []
     data_slots: list[int] = []
     bad_static: list = []
+    unsupported: list = []
+    keys: list = []  # the keys from the root to the node on top of the stack
     # Path hint for error messages (variables._leak_message): root type name(s) + path.
     label = tuple(type(r).__name__ for r in root) if type(root) is tuple else type(root).__name__
 
@@ -226,7 +317,8 @@ def _traverse(root: Any) -> _Flat:
             paths.append(path)
             v._nnx_path = (label, path)
             meta = v._metadata
-            vardefs.append((type(v), _freeze_metadata(meta, path, bad_static) if meta else ()))
+            statics.append(type(v))
+            vardefs.append((type(v), _freeze_metadata(meta, path, bad_static, statics) if meta else ()))
         aliases[path] = j
         return j
 
@@ -240,60 +332,117 @@ def _traverse(root: Any) -> _Flat:
         aliases[path] = j
         return j
 
-    def visit(obj: Any, kind: int, path: Path) -> int:
-        idx = len(nodes)
-        node_index[id(obj)] = idx
+    def open_node(obj: Any, kind: int, parent) -> list:
+        node_index[id(obj)] = len(nodes)
         nodes.append(None)
         node_objects.append(obj)
-        node_paths.append(path)
+        node_parents.append(parent)
         items = _items(obj, kind)
-        refs: dict[Any, tuple] = {}
-        order = sorted(items, key=lambda kv: _key_order(kv[0])) if kind != LIST and kind != TUPLE else items
+        order = items if kind == LIST or kind == TUPLE else sorted(items, key=lambda kv: _key_order(kv[0]))
         status = None
         if kind == OBJECT:
             status = obj.__dict__.get(STATUS_KEY) or getattr(type(obj), "_nnx_class_status", None)
-        for key, value in order:
-            child_path = path + (key,)
-            if isinstance(value, Variable):
-                refs[key] = (VAR, add_variable(value, child_path))
-                continue
-            child_kind = _node_kind(value)
-            if child_kind is not None:
-                j = node_index.get(id(value))
-                refs[key] = (NODE, j if j is not None else visit(value, child_kind, child_path))
-                continue
-            if kind != TUPLE and key != STATUS_KEY and (
-                _data.is_data_value(value) or (status is not None and status.get(key))
-            ):
-                refs[key] = (VAR, add_data(obj, kind, key, child_path))
-                continue
-            try:
-                hash(value)
-            except TypeError:
-                bad_static.append((child_path, value))
-            else:
-                if _data.annotation_of(value) is not None:
-                    bad_static.append((child_path, value))
-            refs[key] = (STATIC, value)
-        nodes[idx] = (type(obj), kind, tuple((k,) + refs[k] for k, _ in items))
-        return idx
+        # A frame: node index, object, kind, items in own order, iterator over sorted items, refs, status.
+        return [len(nodes) - 1, obj, kind, items, iter(order), {}, status]
 
     if isinstance(root, Variable):
         root_ref = (VAR, add_variable(root, ()))
     else:
         kind = _node_kind(root)
-        if kind is None:
+        if kind is None or kind == _UNSUPPORTED:
             raise TypeError(
                 f"Expected a Module, Variable, list, tuple or dict to split, got {type(root).__name__}."
+                + (f" {_unsupported_hint(root)}" if kind == _UNSUPPORTED else "")
             )
-        root_ref = (NODE, visit(root, kind, ()))
+        root_ref = (NODE, 0)
+        stack = [open_node(root, kind, None)]
+        in_module = [kind == OBJECT]  # per frame: is some enclosing node a Module?
+        while stack:
+            frame = stack[-1]
+            idx, refs = frame[0], frame[5]
+            descended = False
+            for key, value in frame[4]:
+                if isinstance(value, Variable):
+                    refs[key] = (VAR, add_variable(value, (*keys, key)))
+                    continue
+                child_kind = _node_kind(value)
+                if child_kind is not None:
+                    j = node_index.get(id(value))
+                    if j is not None:
+                        refs[key] = (NODE, j)
+                        continue
+                    if child_kind == _UNSUPPORTED or (
+                        in_module[-1] and (type(value) is list or type(value) is dict)
+                    ):
+                        # A container nnxlite cannot rebuild, or a plain list/dict inside a
+                        # module whose edits would not be seen: refuse rather than go stale.
+                        unsupported.append(((*keys, key), value))
+                        refs[key] = (STATIC, None)
+                        continue
+                    refs[key] = (NODE, len(nodes))
+                    keys.append(key)
+                    stack.append(open_node(value, child_kind, (idx, key)))
+                    in_module.append(in_module[-1] or child_kind == OBJECT)
+                    descended = True
+                    break
+                status = frame[6]
+                if frame[2] != TUPLE and key != STATUS_KEY and (
+                    _data.is_data_value(value) or (status is not None and status.get(key))
+                ):
+                    refs[key] = (VAR, add_data(frame[1], frame[2], key, (*keys, key)))
+                    continue
+                try:
+                    hash(value)
+                except TypeError:
+                    bad_static.append(((*keys, key), value))
+                else:
+                    if _data.annotation_of(value) is not None:
+                        bad_static.append(((*keys, key), value))
+                statics.append(_static_sig(value))
+                refs[key] = (STATIC, value)
+            if descended:
+                continue
+            _, obj, kind, items, _, _, _ = stack.pop()
+            in_module.pop()
+            nodes[idx] = (type(obj), kind, tuple((k,) + refs[k] for k, _ in items))
+            if stack:
+                keys.pop()
+    if unsupported:
+        raise _unsupported_error(unsupported)
     if bad_static:
         raise _static_error(bad_static)
-    gd = GraphDef(tuple(nodes), tuple(vardefs), tuple(paths), root_ref)
-    return _Flat(_epoch.current(), gd, variables, aliases, node_objects, node_paths, tuple(data_slots))
+    gd = GraphDef(tuple(nodes), tuple(vardefs), tuple(paths), root_ref, tuple(statics))
+    return _Flat(epoch, gd, variables, aliases, node_objects, node_parents, tuple(data_slots))
 
 
-def _freeze_metadata(meta: dict, path: Path, bad: list) -> tuple:
+def _unsupported_hint(value: Any) -> str:
+    t = type(value)
+    if isinstance(value, list):
+        if t is list:
+            return (
+                "A plain list inside a module is not tracked (it was not assigned as a module attribute), "
+                "so edits to it would go unseen: wrap it as nnx.List(...)."
+            )
+        return f"{t.__name__} is a list subclass nnxlite cannot track or rebuild: use a plain list (it becomes nnx.List) or subclass nnx.List."
+    if isinstance(value, dict):
+        if t is dict:
+            return (
+                "A plain dict inside a module is not tracked (it was not assigned as a module attribute), "
+                "so edits to it would go unseen: wrap it as nnx.Dict(...)."
+            )
+        return (
+            f"{t.__name__} is a dict subclass nnxlite cannot track or rebuild faithfully (it would lose its "
+            "order, default_factory or other state): use a plain dict (it becomes nnx.Dict) or subclass nnx.Dict."
+        )
+    return f"{t.__name__} is a tuple subclass nnxlite cannot rebuild: use a tuple or a namedtuple."
+
+
+def _unsupported_error(found: list) -> TypeError:
+    lines = [f"  {_fmt_path(path)}: {type(value).__name__}. {_unsupported_hint(value)}" for path, value in found[:10]]
+    return TypeError("Cannot split the graph: some containers cannot be tracked exactly.\n" + "\n".join(lines))
+
+
+def _freeze_metadata(meta: dict, path: Path, bad: list, sigs: list) -> tuple:
     items = []
     for k, v in sorted(meta.items()):
         v = _freeze_value(v)
@@ -301,6 +450,7 @@ def _freeze_metadata(meta: dict, path: Path, bad: list) -> tuple:
             hash(v)
         except TypeError:
             bad.append((path + (f"<metadata {k}>",), v))
+        sigs.append(_static_sig(v))
         items.append((k, v))
     return tuple(items)
 
@@ -346,10 +496,11 @@ def _flat(node: Any) -> _Flat:
     """The traversal of ``node``, from its cache when the structure has not changed."""
     d = getattr(node, "__dict__", None)
     if d is not None and isinstance(node, _NODE_BASES):
+        epoch = _epoch.current()
         cached = d.get(_CACHE_KEY)
-        if cached is not None and cached.epoch == _epoch.current():
+        if cached is not None and cached.epoch == epoch:
             return cached
-        flat = _traverse(node)
+        flat = _traverse(node, epoch)
         d[_CACHE_KEY] = flat
         return flat
     return _traverse(node)
@@ -370,7 +521,11 @@ def _groups(flat: _Flat, filters: tuple, complete: bool) -> tuple[list[list[int]
     if not filters:
         result = ([list(range(len(flat.variables)))], [gd.structure])
     else:
-        buckets = filterlib.partition_indices(zip(gd.paths, flat.variables), filters, complete=complete)
+        shared = _edges(gd)[2]
+        alternatives = (lambda j: _other_paths(gd, j) if j in shared else None) if shared else None
+        buckets = filterlib.partition_indices(
+            zip(gd.paths, flat.variables), filters, complete=complete, alternatives=alternatives
+        )
         structures = [
             StateStructure(tuple(gd.paths[j] for j in b), tuple(gd.vardefs[j] for j in b)) for b in buckets
         ]
@@ -380,6 +535,58 @@ def _groups(flat: _Flat, filters: tuple, complete: bool) -> tuple[list[list[int]
             flat.groups.clear()
         flat.groups[key] = result
     return result
+
+
+def _edges(gd: GraphDef):
+    """Every edge into each node and Variable, and the Variables with more than one path."""
+    if gd._edges is None:
+        node_in: list = [[] for _ in gd.nodes]
+        var_in: list = [[] for _ in gd.vardefs]
+        for i, (_, _, items) in enumerate(gd.nodes):
+            for key, tag, payload in items:
+                if tag == NODE:
+                    node_in[payload].append((i, key))
+                elif tag == VAR:
+                    var_in[payload].append((i, key))
+        # A node has one path if one edge enters it and its parent has one path. That
+        # edge is the one it was found by, so the parent has a smaller index.
+        single = [False] * len(gd.nodes)
+        for i, edges in enumerate(node_in):
+            single[i] = (not edges) if i == 0 else (len(edges) == 1 and single[edges[0][0]])
+        shared = frozenset(
+            j for j, edges in enumerate(var_in) if len(edges) > 1 or (edges and not single[edges[0][0]])
+        )
+        gd._edges = (node_in, var_in, shared)
+    return gd._edges
+
+
+# Enumerating every path of a Variable is exponential in the worst case (a chain of
+# diamonds); past this many, a path filter cannot be answered exactly.
+MAX_PATHS_PER_VARIABLE = 10_000
+
+
+def _other_paths(gd: GraphDef, j: int) -> Iterator[Path]:
+    """Every path from the root to Variable ``j`` except its canonical one (no node twice)."""
+    node_in, var_in, _ = _edges(gd)
+    canonical = gd.paths[j]
+    stack = [(p, (k,), frozenset((p,))) for p, k in reversed(var_in[j])]
+    found = 0
+    while stack:
+        node, suffix, on_path = stack.pop()
+        if node == 0:
+            found += 1
+            if found > MAX_PATHS_PER_VARIABLE:
+                raise ValueError(
+                    f"The Variable at {_fmt_path(canonical)} is reachable by more than {MAX_PATHS_PER_VARIABLE} "
+                    "paths through shared sub-modules, so a path filter cannot be checked on all of them. "
+                    "Select it by type (nnx.Param, ...) or by its canonical path."
+                )
+            if suffix != canonical:
+                yield suffix
+            continue
+        for p, k in reversed(node_in[node]):
+            if p not in on_path:
+                stack.append((p, (k,) + suffix, on_path | {p}))
 
 
 def _states(flat: _Flat, filters: tuple, complete: bool) -> list[State]:
@@ -632,18 +839,22 @@ def _build_cyclic(node_specs: list, variables: list) -> Any:
             objs[i] = dict.__new__(node_type)
     # Tuples are immutable: build each after the tuples it holds (a shared tuple
     # may sit at any index). A cycle must pass through a mutable node, which
-    # already exists, so this recursion ends.
-    def build_tuple(i: int) -> None:
-        node_type, _, template, var_slots, node_slots = node_specs[i]
-        for _, j in node_slots:
-            if objs[j] is None:
-                build_tuple(j)
-        values = _filled(template, var_slots, node_slots, variables, objs).values()
-        objs[i] = tuple(values) if node_type is tuple else node_type(*values)
-
-    for i, spec in enumerate(node_specs):
-        if spec[1] == TUPLE and objs[i] is None:
-            build_tuple(i)
+    # already exists, so this ends. Explicit stack: nesting depth is unbounded.
+    for start, spec in enumerate(node_specs):
+        if spec[1] != TUPLE or objs[start] is not None:
+            continue
+        stack = [start]
+        while stack:
+            i = stack[-1]
+            node_type, _, template, var_slots, node_slots = node_specs[i]
+            pending = [j for _, j in node_slots if objs[j] is None]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            if objs[i] is None:
+                values = _filled(template, var_slots, node_slots, variables, objs).values()
+                objs[i] = tuple(values) if node_type is tuple else node_type(*values)
     for obj, (node_type, kind, template, var_slots, node_slots) in zip(objs, node_specs):
         if kind == TUPLE:
             continue
@@ -694,10 +905,10 @@ def update(node: Any, *states: State | Mapping) -> None:
                 continue
             v = variables[j]
             old = v.raw_value
-            # JAX interns avals, so equal shape+dtype is usually one identity check.
-            old_aval = getattr(old, "aval", None)
-            if old_aval is None or old_aval is not getattr(value, "aval", None):
-                problem = _mismatch(old, value)
+            # The common case (a concrete array replaced by one of the same shape and
+            # dtype; JAX interns avals) costs two type checks and an identity check.
+            if type(value) is not _ArrayImpl or type(old) is not _ArrayImpl or old.aval is not value.aval:
+                problem = _value_problem(old, value)
                 if problem:
                     mismatched.append(f"  {_fmt_path(path)}: {problem}")
             writes.append((v, value))
@@ -730,32 +941,77 @@ def _resolve(flat: _Flat, root: Any, path: Path) -> int:
     return -1
 
 
-def _mismatch(old: Any, new: Any) -> str | None:
-    old_shape = getattr(old, "shape", None)
-    if old_shape is None:
+_ArrayImpl = type(jnp.zeros(()))
+_Tracer = jax.core.Tracer
+_ARRAY_LIKE = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)
+
+
+def _describe(x: Any) -> str:
+    dtype, shape = getattr(x, "dtype", None), getattr(x, "shape", None)
+    if dtype is not None and shape is not None:
+        return f"{dtype}{list(shape)}"
+    text = repr(x)
+    return f"{type(x).__name__} {text[:40] + '...' if len(text) > 40 else text}"
+
+
+def _value_problem(old: Any, new: Any) -> str | None:
+    """Why ``new`` may not replace ``old`` in a Variable (None if it may).
+
+    An array leaf takes only an array (jax, numpy, or a live tracer) of the
+    same shape and dtype; a leaked tracer and a ShapeDtypeStruct (no values)
+    are refused everywhere except where the model itself is abstract.
+    """
+    if isinstance(new, _Tracer) and _tracer_is_dead(new):
+        return (
+            f"found a {type(new).__name__} from a JAX transformation that has already finished (a leaked "
+            "tracer, it has no value): write concrete arrays, or return the values from the transformation"
+        )
+    old_abstract = isinstance(old, jax.ShapeDtypeStruct)
+    if isinstance(new, jax.ShapeDtypeStruct) and not old_abstract:
+        return (
+            f"found a ShapeDtypeStruct {_describe(new)} (a shape and dtype without values) for the concrete "
+            f"{_describe(old)}: write arrays (e.g. from nnx.state of a real model, or a restored checkpoint)"
+        )
+    old_shape, old_dtype = getattr(old, "shape", None), getattr(old, "dtype", None)
+    if old_shape is None or old_dtype is None:
         return None  # python scalars and other plain values: anything goes
-    new_shape = getattr(new, "shape", None)
-    if new_shape is None:
-        new_shape = np.shape(new)
-    if tuple(new_shape) != tuple(old_shape):
-        return f"expected shape {tuple(old_shape)}, found {tuple(new_shape)}"
-    new_dtype = getattr(new, "dtype", None)
-    if new_dtype is not None and new_dtype != old.dtype:
-        return f"expected dtype {old.dtype}, found {new_dtype}"
+    if not isinstance(new, _ARRAY_LIKE):
+        return f"expected an array {_describe(old)}, found {_describe(new)}: write a jax or numpy array"
+    if tuple(new.shape) != tuple(old_shape):
+        return f"expected shape {tuple(old_shape)}, found {tuple(new.shape)}"
+    if new.dtype != old_dtype:
+        return f"expected dtype {old_dtype}, found {new.dtype}"
     return None
 
 
+def _copy_leaves(leaves: list) -> list:
+    """Fresh buffers for every concrete array (tracers and Python values are kept)."""
+    arrays = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and not isinstance(x, _Tracer)]
+    out = list(leaves)
+    if arrays:
+        copies = jax.device_put([leaves[i] for i in arrays], may_alias=False)
+        for i, c in zip(arrays, copies):
+            out[i] = c
+    for i, x in enumerate(leaves):
+        if isinstance(x, np.ndarray):
+            out[i] = x.copy()
+    return out
+
+
 def clone(node: Any) -> Any:
-    """A deep copy of a graph: new objects, same values, sharing preserved.
+    """An independent deep copy of a graph: new objects, new array buffers, sharing preserved.
+
+    The copy owns its arrays, so donating the original to ``nnx.jit`` (or
+    deleting its buffers) leaves the clone intact.
 
     >>> import nnxlite as nnx
     >>> model = nnx.Linear(2, 3, ctx=nnx.context(0))
     >>> other = nnx.clone(model)
-    >>> other is model, other.kernel is model.kernel
-    (False, False)
+    >>> other is model, other.kernel is model.kernel, other.kernel.value is model.kernel.value
+    (False, False, False)
     """
-    gd, st = split(node)
-    return merge(gd, st)
+    flat = _flat(node)
+    return _build(flat.graphdef, _copy_leaves([v.raw_value for v in flat.variables]))
 
 
 def pop(node: Any, *filters: filterlib.Filter) -> State | tuple[State, ...]:

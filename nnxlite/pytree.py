@@ -39,6 +39,8 @@ hold data.
 
 from __future__ import annotations
 
+from collections import OrderedDict, defaultdict
+
 import dataclasses
 import weakref
 from typing import Any
@@ -57,15 +59,66 @@ STATUS_KEY = graph.STATUS_KEY
 
 
 def _track(value: Any) -> Any:
-    """Turn plain lists/dicts (also inside tuples) into their tracked versions."""
+    """Make a container assigned into a module trackable, or refuse it.
+
+    Plain lists and dicts (also inside tuples and namedtuples, at any depth)
+    become :class:`List` and :class:`Dict`, whose edits bump the structural
+    epoch; an object reachable twice is converted once, so sharing is kept.
+    An ``OrderedDict`` becomes a :class:`Dict` (dicts keep insertion order).
+    Other list/dict subclasses (``defaultdict``, user subclasses) would lose
+    their behaviour when split and merged and their edits would go unseen,
+    so they are refused with a ``TypeError``.
+    """
+    if not _needs_tracking(value):
+        return value
+    done: dict[int, Any] = {}
+    started: set[int] = set()
+    stack = [value]
+    while stack:  # post-order with an explicit stack: nesting depth is unbounded
+        obj = stack[-1]
+        key = id(obj)
+        if key in done:
+            stack.pop()
+            continue
+        children = list(obj.values()) if isinstance(obj, dict) else list(obj)
+        if key not in started:
+            started.add(key)
+            stack.extend(c for c in children if _needs_tracking(c) and id(c) not in done and id(c) not in started)
+            continue
+        stack.pop()
+        items = [done.get(id(c), c) for c in children]
+        t = type(obj)
+        if t is list:
+            new = List.__new__(List)
+            list.extend(new, items)
+        elif t is dict or t is OrderedDict:
+            new = Dict.__new__(Dict)
+            dict.update(new, zip(obj.keys(), items))
+        elif any(a is not b for a, b in zip(items, children)):
+            new = tuple(items) if t is tuple else t(*items)
+        else:
+            new = obj
+        done[key] = new
+    return done[id(value)]
+
+
+def _needs_tracking(value: Any) -> bool:
     t = type(value)
-    if t is list:
-        return List(value)
-    if t is dict:
-        return Dict(value)
-    if t is tuple and any(type(v) in (list, dict, tuple) for v in value):
-        return tuple(_track(v) for v in value)
-    return value
+    if t is list or t is dict or t is OrderedDict:
+        return True
+    if isinstance(value, tuple):
+        return (t is tuple or hasattr(t, "_fields")) and any(isinstance(v, (list, dict, tuple)) for v in value)
+    if isinstance(value, (list, dict)) and not isinstance(value, (List, Dict)):
+        kind = "list" if isinstance(value, list) else "dict"
+        tracked = "nnx.List" if kind == "list" else "nnx.Dict"
+        raise TypeError(
+            f"A {t.__name__} (a {kind} subclass) cannot be stored in a module: nnxlite tracks edits only to "
+            f"plain {kind}s (converted to {tracked}) and to subclasses of {tracked}, and split/merge would "
+            f"rebuild a {t.__name__} without its extra state. Use a plain {kind}"
+            + (" and dict.setdefault / dict.get for defaults" if isinstance(value, defaultdict) else "")
+            + f", or subclass {tracked}."
+        )
+    return False
 
 
 # =====================================================================================
@@ -183,7 +236,11 @@ class Pytree:
         current = self.__dict__.get(name, _MISSING)
         if current is value:
             return  # e.g. `self.count += 1` re-assigns the same Variable: not structural
-        object.__setattr__(self, name, _track(value))
+        try:
+            value = _track(value)
+        except TypeError as err:
+            raise TypeError(f"{type(self).__name__}.{name}: {err}") from None
+        object.__setattr__(self, name, value)
         _epoch.bump()
 
     def __delattr__(self, name: str) -> None:
@@ -430,3 +487,7 @@ def register_pytree(cls: type) -> type:
 
 for _cls in (Pytree, List, Dict):
     register_pytree(_cls)
+
+graph.register_tracked_container(List)
+graph.register_tracked_container(Dict)
+graph.register_tracked_container(_Status)  # rebuilt as a dict node, as the traversal always did

@@ -32,7 +32,7 @@ import numpy as np
 from nnxlite._random_methods import RandomMethods
 from nnxlite import filters as filterlib
 from nnxlite.module import Module
-from nnxlite.variables import RngCount, RngKey
+from nnxlite.variables import RngCount, RngKey, _check_not_closed_over, _staging
 
 __all__ = ["Context", "Rngs", "RngStream", "ContextDef", "context"]
 
@@ -74,6 +74,10 @@ class RngStream(RandomMethods, Module):
         meta = {} if tag is None else {"tag": tag}
         self.key = RngKey(key, **meta)
         self.count = RngCount(jnp.asarray(count, dtype=jnp.uint32), **meta)
+        if not _staging():
+            # Made eagerly: drawing from this very object inside jit means it was closed
+            # over (the transforms draw from copies they build). Not part of the graph.
+            self.__dict__["_nnx_eager"] = True
 
     @property
     def tag(self) -> str | None:
@@ -87,6 +91,8 @@ class RngStream(RandomMethods, Module):
                 "To draw samples, use the jax.random shorthands: rngs.params.normal((2, 3)), "
                 "rngs.dropout.bernoulli(0.5, shape), ..."
             )
+        if "_nnx_eager" in self.__dict__:  # the user's own stream, not a transform's copy
+            _check_not_closed_over(self.count, "A random stream")
         with _draw_lock:
             count = self.count.raw_value
             last = np.array(jnp.iinfo(count.dtype).max, count.dtype)  # the last count before a wrap to 0

@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 _EMPTY_METADATA: dict[str, Any] = {}
+_set_class = object.__dict__["__class__"].__set__
 
 
 def _flatten_variable(v: "Variable"):
@@ -121,6 +122,18 @@ class Variable(FlaxVariableMethods, metaclass=_VariableMeta):
             value = value.raw_value
         self.raw_value = value
         self._metadata = metadata if metadata else _EMPTY_METADATA
+
+    # ``v.__class__ = Param`` changes what filters and GraphDefs see, so it is a
+    # structural edit. Reading goes through this property too; it answers what
+    # ``type(v)`` does.
+    @property
+    def __class__(self):
+        return type(self)
+
+    @__class__.setter
+    def __class__(self, cls):
+        _set_class(self, cls)
+        _epoch.bump()
 
     # -- value and metadata ------------------------------------------------
     @property
@@ -317,19 +330,64 @@ def _read(v: "Variable") -> Any:
 
 def _check_live(v: "Variable", x: Any) -> None:
     """Raise TracerLeakError if ``x`` belongs to a trace that is not running any more."""
+    if _tracer_is_dead(x):
+        raise TracerLeakError(_leak_message(v, x))
+
+
+def _tracer_is_dead(x: Any) -> bool:
+    """Does the tracer ``x`` provably belong to a JAX trace that has finished?"""
     trace = getattr(x, "_trace", None)
     t = getattr(_trace_ctx, "trace", None)
     if trace is None or t is None:
-        return  # not a trace we can judge (or a jax without this API): let JAX decide
+        return False  # not a trace we can judge (or a jax without this API): let JAX decide
     depth = 0
     while t is not None:  # the running traces: the current one and its parents
         if t is trace:
-            return
+            return False
         t, depth = getattr(t, "parent_trace", None), depth + 1
     is_valid = getattr(trace, "is_valid", None)
     if depth > 1 and (is_valid is None or is_valid()):
-        return  # inside some other transformation and not provably dead: JAX will judge
-    raise TracerLeakError(_leak_message(v, x))
+        return False  # inside some other transformation and not provably dead: JAX will judge
+    return True
+
+
+try:  # the staging trace type is private in jax 0.10; without it closed-over draws go undetected
+    from jax._src.interpreters.partial_eval import DynamicJaxprTrace as _StagingTrace
+except ImportError:  # pragma: no cover
+    _StagingTrace = None
+
+
+def _staging() -> bool:
+    """Is a staging JAX trace (jit, scan, cond, eval_shape, ...) running in this thread?"""
+    t = getattr(_trace_ctx, "trace", None)
+    if _StagingTrace is None:
+        return False
+    while t is not None:
+        if isinstance(t, _StagingTrace):
+            return True
+        t = getattr(t, "parent_trace", None)
+    return False
+
+
+def _check_not_closed_over(counter: "Variable", what: str) -> None:
+    """Refuse to advance a concrete counter inside a staging trace.
+
+    A counter that is still a concrete array inside ``jit`` (or ``scan``,
+    ``eval_shape``, ...) was neither passed in nor created there: the
+    function closed over it. Its update would leak a tracer, and the key
+    drawn from it would be a constant baked into the compiled function,
+    the same on every call.
+    """
+    if not isinstance(counter.raw_value, _Tracer) and _staging():
+        hint = getattr(counter, "_nnx_path", None)
+        where = "/".join(map(str, hint[1])) if hint is not None and hint[1] else "<unknown path>"
+        raise TracerLeakError(
+            f"{what} (counter at {where}) was used inside a JAX transformation (jit, scan, eval_shape, ...) "
+            "that closed over it instead of taking it as an argument: every call of the compiled function "
+            "would get the same key, and the counter would be left holding a tracer. Fix: pass the Context "
+            "(or the module holding it) as an argument to the nnx transform (nnx.jit(f)(model, ctx, ...)), "
+            "or split it with nnx.split and merge it inside."
+        )
 
 
 def _leak_message(v: "Variable", x: Any) -> str:

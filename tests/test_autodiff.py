@@ -150,3 +150,43 @@ def test_variable_arguments_get_array_gradients():
     assert gb is None  # not a Param: excluded by wrt
     g_all = nnx.grad(lambda b: (b.value * 3).sum(), wrt=...)(b)
     np.testing.assert_allclose(g_all, 3.0)
+
+
+# ------------------------------------------------------------------ vjp / jvp (issue 9)
+def test_vjp_matches_jax_vjp_and_writes_back_updates():
+    model = nnx.Linear(3, 2, ctx=nnx.context(0))
+    calls = nnx.Variable(jnp.zeros(()))
+    x = jnp.arange(6.0).reshape(2, 3)
+
+    def f(model, calls, x):
+        calls.value = calls.value + 1
+        return jnp.tanh(model(x))
+
+    y, vjp_fn = nnx.vjp(f, model, calls, x)
+    ct = jnp.ones_like(y) * 0.5
+    g_model, g_calls, g_x = vjp_fn(ct)
+    ref_y, ref_fn = jax.vjp(lambda w, b, x: jnp.tanh(x @ w + b), model.kernel.value, model.bias.value, x)
+    gw, gb, gx = ref_fn(ct)
+    np.testing.assert_allclose(y, ref_y, rtol=1e-6)
+    np.testing.assert_allclose(g_model["kernel"], gw, rtol=1e-5)
+    np.testing.assert_allclose(g_model["bias"], gb, rtol=1e-5)
+    np.testing.assert_allclose(g_x, gx, rtol=1e-5)
+    assert g_calls is None  # a plain Variable is not a Param: no gradient asked for
+    assert float(calls.value) == 1.0
+
+
+def test_jvp_matches_jax_jvp_with_partial_module_tangents():
+    model = nnx.Linear(3, 2, ctx=nnx.context(0))
+    x = jnp.arange(6.0).reshape(2, 3)
+    dw = jnp.full((3, 2), 0.1)
+    dx = jnp.ones_like(x)
+    y, dy = nnx.jvp(lambda m, x: jnp.sin(m(x)), (model, x), ({"kernel": dw}, dx))
+    ref = jax.jvp(
+        lambda w, b, x: jnp.sin(x @ w + b),
+        (model.kernel.value, model.bias.value, x),
+        (dw, jnp.zeros(2), dx),  # the bias tangent was left out: zero
+    )
+    np.testing.assert_allclose(y, ref[0], rtol=1e-6)
+    np.testing.assert_allclose(dy, ref[1], rtol=1e-5)
+    with pytest.raises(ValueError, match="not"):
+        nnx.jvp(lambda m, x: m(x), (model, x), ({"nope": dw}, dx))

@@ -79,6 +79,8 @@ def test_pretrained_backbone(tmp_path):
     accuracy_after("pretraining on digits 0-4", stdout)
     accuracy_after("pretrained backbone (frozen) + new head", stdout)
     accuracy_after("trained from scratch", stdout)
+    accuracy_after("LoRA adapters (rank 4) on the pretrained classifier", stdout)
+    accuracy_after("full fine-tune of the pretrained classifier", stdout)
     assert (tmp_path / "backbone_digits_0-4.safetensors").is_file()
 
 

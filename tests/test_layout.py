@@ -38,12 +38,18 @@ def test_transforms_package_reexports_the_public_names():
     expected = {
         "jit": sys.modules["nnxlite.transforms.jit"].jit,
         "vmap": mapping.vmap,
+        "pmap": mapping.pmap,
+        "shard_map": mapping.shard_map,
+        "while_loop": loops.while_loop,
+        "fori_loop": loops.fori_loop,
         "scan": loops.scan,
         "cond": control.cond,
         "switch": control.switch,
         "grad": autodiff.grad,
         "value_and_grad": autodiff.value_and_grad,
         "remat": autodiff.remat,
+        "jvp": autodiff.jvp,
+        "vjp": autodiff.vjp,
         "eval_shape": shapes.eval_shape,
         "Carry": _lift.Carry,
     }

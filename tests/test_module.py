@@ -56,7 +56,7 @@ def test_repr_reads_like_a_constructor_with_summary():
 def test_repr_handles_cycles():
     a = nnx.Module()
     a.self_ref = a
-    assert "<shared Module>" in repr(a)
+    assert "<shared Module at <root>>" in repr(a)
 
 
 def test_repr_marks_a_module_shared_by_siblings():
@@ -64,7 +64,7 @@ def test_repr_marks_a_module_shared_by_siblings():
     m.a = nnx.Linear(1, 1, ctx=nnx.context(0))
     m.b = m.a
     text = repr(m)
-    assert text.count("Linear(") == 1 and "<shared Linear>" in text
+    assert text.count("Linear(") == 1 and "<shared Linear at a>" in text
 
 
 def test_treescope_renders_module():

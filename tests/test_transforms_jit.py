@@ -344,22 +344,25 @@ def test_donation_updates_in_place_and_keeps_shared_state():
     old_kernel = model.layers[0].kernel.value
     want = old_kernel - 0.5 * jnp.ones((1, 2)).T * jnp.ones((1, 2))
     step(model, optimizer, jnp.ones((1, 2)))
+    buffer = optimizer.step.value.unsafe_buffer_pointer()
     step(model, optimizer, jnp.ones((1, 2)))
     assert int(optimizer.step.value) == 2
-    # The optimizer's own state is donated; the model (also reached from the non-donated
-    # `model` argument) is not.
-    assert old_step.is_deleted()
+    # The optimizer's own state is donated (XLA reuses its buffer); the model (also
+    # reached from the non-donated `model` argument) is not.
+    assert optimizer.step.value.unsafe_buffer_pointer() == buffer
     assert not old_kernel.is_deleted()
+    # An array still held elsewhere (here: `old_step`) is copied, not deleted, by donation.
+    assert not old_step.is_deleted() and int(old_step) == 0
     np.testing.assert_allclose(model.layers[0].kernel.value, want - 0.5, rtol=1e-6)
 
     @nnx.jit(donate_argnames=("model",))
     def scale(model):
         model.layers[0].bias.value = model.layers[0].bias.value + 1.0
 
-    old_bias = model.layers[0].bias.value
-    expected = np.asarray(old_bias) + 1.0
+    expected = np.asarray(model.layers[0].bias.value + 1.0)
+    buffer = model.layers[0].bias.value.unsafe_buffer_pointer()
     scale(model)
-    assert old_bias.is_deleted()
+    assert model.layers[0].bias.value.unsafe_buffer_pointer() == buffer  # donated: written in place
     np.testing.assert_allclose(model.layers[0].bias.value, expected)
 
 

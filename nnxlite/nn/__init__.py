@@ -28,10 +28,16 @@ from nnxlite.nn.embed import *  # noqa: F401,F403
 from nnxlite.nn.embed import __all__ as _embed
 from nnxlite.nn.linear import *  # noqa: F401,F403
 from nnxlite.nn.linear import __all__ as _linear
+from nnxlite.nn.lora import *  # noqa: F401,F403
+from nnxlite.nn.lora import __all__ as _lora
 from nnxlite.nn.normalization import *  # noqa: F401,F403
 from nnxlite.nn.normalization import __all__ as _normalization
 from nnxlite.nn.pooling import *  # noqa: F401,F403
 from nnxlite.nn.pooling import __all__ as _pooling
+from nnxlite.nn.recurrent import *  # noqa: F401,F403
+from nnxlite.nn.recurrent import __all__ as _recurrent
+from nnxlite.nn.reparam import *  # noqa: F401,F403
+from nnxlite.nn.reparam import __all__ as _reparam
 from nnxlite.nn.stochastic import *  # noqa: F401,F403
 from nnxlite.nn.stochastic import __all__ as _stochastic
 
@@ -46,5 +52,8 @@ __all__ = [
     *_attention,
     *_containers,
     *_pooling,
+    *_recurrent,
+    *_lora,
+    *_reparam,
     *_activations,
 ]

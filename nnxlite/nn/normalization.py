@@ -34,7 +34,7 @@ from nnxlite.rng import Context
 from nnxlite.variables import BatchStat
 from nnxlite._rngs_arg import one_rng_arg
 
-__all__ = ["BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm"]
+__all__ = ["BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm"]
 
 Axes = int | Sequence[int]
 
@@ -517,3 +517,80 @@ class GroupNorm(Module):
         )
         stat_axes = tuple(a for a in reduction_axes if a != last)
         return _normalize(x, mean, var, scale, bias, stat_axes, (last,), self.dtype, self.epsilon)
+
+
+class InstanceNorm(Module):
+    """Instance normalization: each example and each channel normalized over the remaining axes.
+
+    The statistics are taken over every axis except the leading batch axis and
+    the ``feature_axes`` (e.g. over height and width of an image, per example
+    and channel); ``scale`` and ``bias`` have shape ``(num_features,)``.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> norm = nnx.InstanceNorm(3, ctx=nnx.context(0))
+    >>> x = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
+    >>> y = norm(x)
+    >>> bool(jnp.allclose(y.mean((1, 2)), 0, atol=1e-5)), bool(jnp.allclose(y.std((1, 2)), 1, atol=1e-3))
+    (True, True)
+
+    Args:
+      num_features: number of features (the size of the feature axes).
+      feature_axes: the axes the parameters live on (not reduced; not axis 0).
+      epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init,
+      axis_name, axis_index_groups, use_fast_variance, promote_dtype, ctx (or rngs),
+      bias_metadata, scale_metadata: as for :class:`LayerNorm`.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = initializers.zeros,
+        scale_init: Initializer = initializers.ones,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        promote_dtype: Any = dtypes.promote_dtype,
+        ctx: Context | None = None,
+        rngs: Context | None = None,
+        bias_metadata: Mapping[str, Any] | None = None,
+        scale_metadata: Mapping[str, Any] | None = None,
+    ):
+        ctx = one_rng_arg(ctx, rngs, "InstanceNorm")
+        self.promote_dtype = promote_dtype
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.feature_axes = _static_axes(feature_axes)
+        self.axis_name = axis_name
+        self.axis_index_groups = _freeze(axis_index_groups)
+        self.use_fast_variance = use_fast_variance
+        self.scale = _feature_param(use_scale, scale_init, num_features, param_dtype, ctx, scale_metadata)
+        self.bias = _feature_param(use_bias, bias_init, num_features, param_dtype, ctx, bias_metadata)
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """Normalize ``x``; ``mask`` selects the entries the statistics use."""
+        feature_axes = _axes(x.ndim, self.feature_axes)
+        if 0 in feature_axes:
+            raise ValueError(
+                f"InstanceNorm: feature_axes={self.feature_axes} include axis 0 of inputs of shape "
+                f"{tuple(x.shape)}; axis 0 is the batch axis. Give the channel axes (e.g. -1)."
+            )
+        _check_features(self, x, feature_axes)
+        reduction_axes = tuple(a for a in range(1, x.ndim) if a not in feature_axes)
+        scale, bias = _params(self)
+        x, scale, bias = _promote(self, x, scale, bias)
+        mean, var = _moments(
+            x, reduction_axes, dtype=self.dtype, use_fast_variance=self.use_fast_variance,
+            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups, mask=mask,
+        )
+        return _normalize(x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon)

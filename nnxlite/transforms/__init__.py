@@ -79,11 +79,11 @@ Layout of this package
 """
 
 from nnxlite.transforms._lift import Carry
-from nnxlite.transforms.autodiff import grad, remat, value_and_grad
+from nnxlite.transforms.autodiff import grad, jvp, remat, value_and_grad, vjp
 from nnxlite.transforms.control import cond, switch
 from nnxlite.transforms.jit import jit
-from nnxlite.transforms.loops import scan
-from nnxlite.transforms.mapping import vmap
+from nnxlite.transforms.loops import fori_loop, scan, while_loop
+from nnxlite.transforms.mapping import pmap, shard_map, vmap
 from nnxlite.transforms.shapes import eval_shape
 
-__all__ = ["jit", "vmap", "scan", "remat", "cond", "switch", "eval_shape", "grad", "value_and_grad", "Carry"]
+__all__ = ["jit", "vmap", "scan", "remat", "cond", "switch", "eval_shape", "grad", "value_and_grad", "Carry", "while_loop", "fori_loop", "pmap", "shard_map", "jvp", "vjp"]

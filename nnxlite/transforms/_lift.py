@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import types
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -300,9 +301,70 @@ def _same_static(a: Any, b: Any) -> bool:
     if a is b:
         return True
     try:
-        return type(a) is type(b) and bool(a == b)
+        # The GraphDef's notion of "the same static": type, value, and exact float bits.
+        return type(a) is type(b) and bool(a == b) and graph._static_sig(a) == graph._static_sig(b)
     except Exception:
         return False
+
+
+# How many objects _find_tracer looks at inside one static value before giving up.
+_SCAN_BUDGET = 10_000
+
+
+def _find_tracer(value: Any) -> bool:
+    """Does a static value hold a JAX tracer somewhere inside (objects, partials, closures)?"""
+    stack, seen, budget = [value], set(), _SCAN_BUDGET
+    while stack and budget:
+        x = stack.pop()
+        if isinstance(x, _Tracer):
+            return True
+        if x is None or isinstance(x, (str, bytes, int, float, complex, type)) or id(x) in seen:
+            continue
+        seen.add(id(x))
+        budget -= 1
+        if isinstance(x, (tuple, list, set, frozenset)):
+            stack.extend(x)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, functools.partial):
+            stack.extend((x.func, *x.args, *x.keywords.values()))
+        else:
+            closure = getattr(x, "__closure__", None)
+            if closure:
+                for cell in closure:
+                    try:
+                        stack.append(cell.cell_contents)
+                    except ValueError:  # an empty cell
+                        pass
+            d = getattr(x, "__dict__", None)
+            if isinstance(d, dict) and not isinstance(x, types.ModuleType):
+                stack.extend(d.values())
+    return False
+
+
+def _check_static_leaks(flat, changed: list, n_in: int) -> None:
+    """Raise if a changed node's static attribute carries a tracer out of the trace.
+
+    Only Variables travel out of a transformation as values; a tracer kept in a
+    plain attribute (an object, a ``functools.partial``, a closure) would be
+    written back onto the caller's module and fail later, far from its cause.
+    """
+    for i, (_, _, items) in enumerate(flat.graphdef.nodes):
+        if not changed[i]:
+            continue
+        for key, tag, payload in items:
+            if tag != _STATIC or not _find_tracer(payload):
+                continue
+            path = flat.node_path(i) + (key,)
+            side = "argument" if path and isinstance(path[0], int) and path[0] < n_in else "output"
+            where = "/".join(map(str, path[1:])) or "<root>"
+            raise TracerLeakError(
+                f"The attribute {where} of a module {side} was set inside a JAX transformation to a "
+                f"{type(payload).__name__} that holds a tracer. Only Variables carry traced values out of "
+                "nnx.jit/vmap/scan/grad; a tracer kept in a plain attribute would be left behind with no "
+                f"value. Fix: store the array in a Variable (e.g. nnx.Variable(x) or nnx.Intermediate(x)), "
+                "or return it from the function instead of keeping it on the module."
+            )
 
 
 def _leave(pre, roots: tuple, out: Any, in_leaves: list):
@@ -355,6 +417,7 @@ def _leave(pre, roots: tuple, out: Any, in_leaves: list):
                 if changed:
                     break
         node_changed.append(changed)
+    _check_static_leaks(post, node_changed, len(roots))
     var_meta_changed = tuple(
         o >= 0 and gd.vardefs[j] != pre_gd.vardefs[o] for j, o in enumerate(var_origin)
     )
@@ -601,11 +664,18 @@ def _check_axis(ax: Any, allowed: tuple, what: str) -> Any:
     return ax
 
 
-def _resolve(entry: Any, path: tuple, var: Variable, default: Any, rng_default: Any, allowed: tuple, what: str) -> Any:
-    """The axis of one Variable under a module's entry (int, None, Carry or a dict of filters)."""
+def _resolve(
+    entry: Any, path: tuple, var: Variable, default: Any, rng_default: Any, allowed: tuple, what: str, paths=None
+) -> Any:
+    """The axis of one Variable under a module's entry (int, None, Carry or a dict of filters).
+
+    ``paths``: all paths of a Variable in a shared sub-module (canonical first);
+    a path filter matches if any of them does (:func:`nnxlite.filters.matches`).
+    """
     if isinstance(entry, Mapping):
         for key, ax in entry.items():
-            if filterlib.to_predicate(key)(path, var):
+            pred = filterlib.to_predicate(key)
+            if pred(path, var) if paths is None else filterlib.matches(pred, paths, var):
                 return _check_axis(ax, allowed, what)
         base = default
     else:
@@ -658,9 +728,17 @@ def _state_specs(inputs: _Inputs, entries: list, default: Any, allowed: tuple, w
     root_pos = inputs.root_positions()
     flat = inputs.flat
     gd = flat.graphdef
+    shared = graph._edges(gd)[2]
+
+    def all_paths(j: int, p: tuple):
+        if j not in shared:
+            return None
+        more = (q[1:] for q in graph._other_paths(gd, j) if q[0] == p[0])
+        return filterlib._LazyPaths(p[1:], more)
+
     specs = [
-        _resolve(entries[root_pos[p[0]]], p[1:], v, default, _SPLIT, allowed, what)
-        for p, v in zip(gd.paths, flat.variables)
+        _resolve(entries[root_pos[p[0]]], p[1:], v, default, _SPLIT, allowed, what, all_paths(j, p))
+        for j, (p, v) in enumerate(zip(gd.paths, flat.variables))
     ]
     if len(root_pos) > 1:
         for k in range(len(root_pos)):

@@ -28,19 +28,21 @@ changes made inside propagate.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
+from nnxlite import graph
 from nnxlite import filters as filterlib
-from nnxlite.state import StateStructure, _new_state, path_sort_key
+from nnxlite.state import State, StateStructure, _new_state, path_sort_key
 from nnxlite.transforms.lift_types import DiffState
 from nnxlite.transforms.modes import check_mode
-from nnxlite.transforms._lift import _KEEP, _apply, _enter, _finish, _Inputs, _leave, _pure, _RootsCache, _scatter
+from nnxlite.transforms._lift import _KEEP, _apply, _enter, _finish, _Inputs, _leave, _pure, _RootsCache, _scatter, _write
 from nnxlite.variables import Param, Variable
 
-__all__ = ["grad", "value_and_grad", "remat"]
+__all__ = ["grad", "value_and_grad", "vjp", "jvp", "remat"]
 
 
 def value_and_grad(
@@ -131,6 +133,20 @@ class _Plan:
         self.arg_grads = arg_grads  # per argnum: (treedef, [("var", [k...], structure) | ("other", k)])
 
 
+def _selects(pred, flat, root: int, path: tuple, j: int) -> bool:
+    """Does ``wrt`` select Variable ``j``, reachable from argument ``root`` by ``path`` (and maybe others)?
+
+    As everywhere, a path filter matches a Variable in a shared sub-module
+    when any of its paths does (see :func:`nnxlite.filters.matches`).
+    """
+    v = flat.variables[j]
+    gd = flat.graphdef
+    if j not in graph._edges(gd)[2]:
+        return pred(path, v)
+    more = (p[1:] for p in graph._other_paths(gd, j) if p[0] == root)
+    return filterlib.matches(pred, filterlib._LazyPaths(path, more), v)
+
+
 def _plan(inputs: _Inputs, argnums: tuple, wrts: tuple) -> _Plan:
     preds = [filterlib.to_predicate(w) for w in wrts]
     flat = inputs.flat
@@ -161,7 +177,7 @@ def _plan(inputs: _Inputs, argnums: tuple, wrts: tuple) -> _Plan:
             if inputs.mask[leaf]:
                 entries = []
                 for path, j in reach.get(root_of_leaf[leaf], []):
-                    if not pred(path, flat.variables[j]) or j in taken:
+                    if j in taken or not _selects(pred, flat, root_of_leaf[leaf], path, j):
                         continue
                     taken[j] = len(diff_vars)
                     diff_vars.append(j)
@@ -179,6 +195,23 @@ def _plan(inputs: _Inputs, argnums: tuple, wrts: tuple) -> _Plan:
                 diff_others.append(other_of_leaf[leaf])
         arg_grads.append((args_td.children()[a], parts))
     return _Plan(diff_vars, diff_others, arg_grads)
+
+
+def _shape_grads(plan: _Plan, g_state: Sequence, g_others: Sequence) -> list:
+    """One gradient per differentiated argument: its pytree, modules replaced by States."""
+    grads = []
+    for treedef, parts in plan.arg_grads:
+        leaves_out = []
+        for part in parts:
+            if part[0] == "var":
+                _, ks, structure = part
+                leaves_out.append(_new_state([g_state[k] for k in ks], structure))
+            elif part[0] == "one":
+                leaves_out.append(None if part[1] is None else g_state[part[1]])
+            else:
+                leaves_out.append(g_others[part[1]])
+        grads.append(jax.tree_util.tree_unflatten(treedef, leaves_out))
+    return grads
 
 
 def _split_argnums(argnums, wrt) -> tuple[bool, tuple, tuple]:
@@ -256,18 +289,7 @@ def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
         else:
             aligned = _scatter(len(variables), _KEEP, (changed, new_values))
             aux = _apply(meta, aligned, extra, aux, inputs.flat)
-        grads = []
-        for treedef, parts in plan.arg_grads:
-            leaves_out = []
-            for part in parts:
-                if part[0] == "var":
-                    _, ks, structure = part
-                    leaves_out.append(_new_state([g_state[k] for k in ks], structure))
-                elif part[0] == "one":
-                    leaves_out.append(None if part[1] is None else g_state[part[1]])
-                else:
-                    leaves_out.append(g_others[part[1]])
-            grads.append(jax.tree_util.tree_unflatten(treedef, leaves_out))
+        grads = _shape_grads(plan, g_state, g_others)
         grads = tuple(grads) if multiple else grads[0]
         if has_aux:
             value = (value, aux)
@@ -327,3 +349,116 @@ def remat(
         return _finish(inputs, aligned, extra, out, meta)
 
     return wrapper
+
+
+# =====================================================================================
+# vjp, jvp
+# =====================================================================================
+def _linear_parts(f: Callable, primals: tuple, wrt, what: str):
+    """``(inputs, plan, pure, diff_primals, finish)`` for linearizing ``f`` at ``primals``.
+
+    ``pure(diff_state, diff_others)`` runs ``f`` on fresh objects and returns
+    ``(out, changed values)``; ``finish(changed)`` writes the in-place updates
+    back (the function must not change structure or return modules).
+    """
+    inputs = _Inputs(primals, {})
+    plan = _plan(inputs, tuple(range(len(primals))), (wrt,) * len(primals))
+    leaves, others, gd = inputs.leaves(), inputs.others, inputs.graphdef
+    cell: list = []
+
+    def pure(diff_state, diff_others):
+        state = list(leaves)
+        for j, x in zip(plan.diff_vars, diff_state):
+            state[j] = x
+        other = list(others)
+        for k, x in zip(plan.diff_others, diff_others):
+            other[k] = x
+        a, kw, roots, pre = _enter(gd, inputs.treedef, inputs.mask, state, other)
+        out = f(*a, **kw)
+        aligned, _, out, meta = _leave(pre, roots, out, state)
+        if meta is not None:
+            raise ValueError(
+                f"{what}: the function changed the structure of a module or returned a module; it must "
+                "return arrays (pytrees of them) and keep its modules' structure."
+            )
+        changed = [j for j, (new, old) in enumerate(zip(aligned, state)) if new is not old]
+        cell[:] = [changed]
+        return out, [aligned[j] for j in changed]
+
+    def finish(new_values):
+        _write([inputs.variables[j] for j in cell[0]], new_values)
+
+    diff_primals = ([leaves[j] for j in plan.diff_vars], [others[k] for k in plan.diff_others])
+    return inputs, plan, pure, diff_primals, finish
+
+
+def vjp(f: Callable, *primals: Any, wrt: filterlib.Filter = Param) -> tuple[Any, Callable]:
+    """``jax.vjp`` for functions of modules: ``(out, vjp_fn)``, ``vjp_fn(cotangent)`` giving one gradient per primal.
+
+    A module primal's gradient is a State of its Variables matching ``wrt``
+    (as :func:`grad` gives); in-place updates the function makes come out.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> model = nnx.Linear(2, 3, ctx=nnx.context(0))
+    >>> y, vjp_fn = nnx.vjp(lambda m, x: m(x), model, jnp.ones((1, 2)))
+    >>> g_model, g_x = vjp_fn(jnp.ones((1, 3)))
+    >>> g_model["bias"].tolist(), g_x.shape
+    ([1.0, 1.0, 1.0], (1, 2))
+    """
+    _, plan, pure, diff_primals, finish = _linear_parts(f, primals, wrt, "nnx.vjp")
+    out, pullback, new_values = jax.vjp(pure, *diff_primals, has_aux=True)
+    finish(new_values)
+
+    def vjp_fn(cotangent: Any) -> tuple:
+        g_state, g_others = pullback(cotangent)
+        return tuple(_shape_grads(plan, g_state, g_others))
+
+    return out, vjp_fn
+
+
+def jvp(f: Callable, primals: tuple, tangents: tuple, *, wrt: filterlib.Filter = Param) -> tuple[Any, Any]:
+    """``jax.jvp`` for functions of modules: ``(out, tangent_out)``.
+
+    ``tangents`` mirrors ``primals``; for a module the tangent is a State (or a
+    nested dict) by path of its Variables matching ``wrt`` (the shape of what
+    :func:`grad` returns, e.g. ``nnx.state(model, nnx.Param)``); missing paths
+    have tangent zero.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> model = nnx.Linear(2, 1, use_bias=False, ctx=nnx.context(0))
+    >>> x = jnp.ones((1, 2))
+    >>> y, dy = nnx.jvp(lambda m, x: m(x), (model, x), ({"kernel": jnp.ones((2, 1))}, jnp.zeros((1, 2))))
+    >>> float(dy[0, 0])       # d(x @ W) along dW = ones
+    2.0
+    """
+    what = "nnx.jvp"
+    if not isinstance(tangents, (tuple, list)) or len(tangents) != len(primals):
+        raise ValueError(f"{what}: tangents must be a tuple with one entry per primal ({len(primals)}).")
+    _, plan, pure, diff_primals, finish = _linear_parts(f, tuple(primals), wrt, what)
+    t_state = [jnp.zeros_like(x) for x in diff_primals[0]]
+    t_others = [None] * len(diff_primals[1])
+    for (_, parts), tangent in zip(plan.arg_grads, tangents):
+        t_leaves = jax.tree_util.tree_leaves(tangent, is_leaf=lambda t: isinstance(t, (State, Mapping)))
+        if len(t_leaves) != len(parts):
+            raise ValueError(
+                f"{what}: a tangent does not mirror its primal: {len(t_leaves)} leaves for {len(parts)} "
+                "(give a State or dict for each module, an array for each array)."
+            )
+        for part, t in zip(parts, t_leaves):
+            if part[0] == "var":
+                _, ks, structure = part
+                flat = (t if isinstance(t, State) else State(t)).flat()
+                unknown = [p for p in flat if p not in structure.paths]
+                if unknown:
+                    raise ValueError(f"{what}: tangent paths {unknown} are not {wrt!r} Variables of the module.")
+                for k, path in zip(ks, structure.paths):
+                    if path in flat:
+                        t_state[k] = flat[path]
+            elif part[0] == "one":
+                if part[1] is not None:
+                    t_state[part[1]] = t
+            else:
+                t_others[part[1]] = t
+    out, t_out, new_values = jax.jvp(pure, diff_primals, (t_state, t_others), has_aux=True)
+    finish(new_values)
+    return out, t_out

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from nnxlite import _epoch
@@ -36,6 +38,54 @@ from nnxlite.transforms._lift import (
 from nnxlite.variables import Variable
 
 __all__ = ["jit"]
+
+
+# =====================================================================================
+# Donation
+# =====================================================================================
+_ArrayImpl = type(jnp.zeros(()))
+_getrefcount = sys.getrefcount
+# References to a donated array that the donation itself accounts for: the Variable,
+# the list of donated values and getrefcount's argument.
+_OWN_REFS = 3
+
+
+def _own_donated(values: list) -> None:
+    """Replace, by a fresh copy, every donated array that something else still holds.
+
+    Donating lets XLA delete the buffer. If the same array object is also held
+    by another Variable, a clone's or snapshot's State, an ``nnx.transform``
+    init value or any other Python reference, deleting it would break that
+    holder (and XLA refuses a buffer donated twice). So that holder keeps the
+    original and XLA consumes a copy: donation never invalidates anything but
+    the donated Variable's own old value. Python's reference count tells
+    exactly whether anything else holds the array object.
+    """
+    # Indexing (not a loop variable) so that no extra reference is alive during the count.
+    shared = [i for i in range(len(values)) if type(values[i]) is _ArrayImpl and _getrefcount(values[i]) > _OWN_REFS]
+    if shared:
+        copies = jax.device_put([values[i] for i in shared], may_alias=False)
+        for i, c in zip(shared, copies):
+            values[i] = c
+
+
+def _note_lost(err: BaseException, donated: Sequence[Variable]) -> None:
+    """If the call failed after XLA took donated buffers, say which Variables lost their value."""
+    lost = [v for v in donated if isinstance(v.raw_value, jax.Array) and v.raw_value.is_deleted()]
+    if not lost or not hasattr(err, "add_note"):
+        return
+    names = []
+    for v in lost[:10]:
+        hint = getattr(v, "_nnx_path", None)
+        path = hint[1][1:] if hint is not None and isinstance(hint[0], tuple) else (hint[1] if hint else ())
+        names.append("/".join(map(str, path)) or "<root>")
+    more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
+    err.add_note(
+        f"nnx.jit: the call failed after its donated buffers were handed to XLA, so {len(lost)} donated "
+        f"Variable(s) now hold deleted arrays: {', '.join(names)}{more}. Restore them before using the model "
+        "again, e.g. nnx.update(model, nnx.state(backup)) from an nnx.clone kept before the step, or from a "
+        "checkpoint."
+    )
 
 
 # =====================================================================================
@@ -149,12 +199,14 @@ class _Jitted:
                     else:
                         dyn = [args[i] for i in e.dyn_pos]
                         variables = e.variables
+                        don = [v.raw_value for v in e.don_vars]
+                        if don:
+                            _own_donated(don)
                         try:
-                            changed, extra, out, meta = e.fn(
-                                [v.raw_value for v in e.don_vars], [v.raw_value for v in e.keep_vars], *dyn
-                            )
+                            changed, extra, out, meta = e.fn(don, [v.raw_value for v in e.keep_vars], *dyn)
                         except Exception as err:
                             _explain_leak(variables, err)
+                            _note_lost(err, e.don_vars)
                             raise
                         if meta is None:
                             for j, x in changed.items():
@@ -201,12 +253,14 @@ class _Jitted:
         variables = inputs.variables
         don_vars = [variables[j] for j in comp.don_idx]
         keep_vars = [variables[j] for j in comp.keep_idx]
+        don = [v.raw_value for v in don_vars]
+        if don:
+            _own_donated(don)
         try:
-            changed, extra, out, meta = comp.fn(
-                [v.raw_value for v in don_vars], [v.raw_value for v in keep_vars], *inputs.others
-            )
+            changed, extra, out, meta = comp.fn(don, [v.raw_value for v in keep_vars], *inputs.others)
         except Exception as err:
             _explain_leak(variables, err)
+            _note_lost(err, don_vars)
             raise
         if meta is None:
             for j, x in changed.items():

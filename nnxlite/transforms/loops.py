@@ -1,8 +1,10 @@
-"""``nnx.scan``: what ``jax.lax.scan`` needs on top of the lifting core.
+"""Loops over modules: ``nnx.scan``, ``nnx.while_loop``, ``nnx.fori_loop``.
 
-Module state is either carried from step to step (``nnx.Carry``/``None``) or
-sliced per step and re-stacked (an int axis: a stack of layers); RNG streams
-get one key per step.
+In ``scan`` module state is either carried from step to step
+(``nnx.Carry``/``None``) or sliced per step and re-stacked (an int axis: a
+stack of layers); RNG streams get one key per step. ``while_loop`` and
+``fori_loop`` carry everything: the carry's modules must keep their
+structure, and their RNG streams advance from one iteration to the next.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from nnxlite import graph as graphlib
 from nnxlite.transforms.modes import check_mode
 from nnxlite.transforms._lift import (
     _KEEP,
@@ -39,9 +42,10 @@ from nnxlite.transforms._lift import (
     _state_specs,
     _tree_flatten,
     _tree_unflatten,
+    _write,
 )
 
-__all__ = ["scan"]
+__all__ = ["scan", "while_loop", "fori_loop"]
 
 
 def scan(
@@ -210,3 +214,112 @@ def _to_front(x: Any, axis: int) -> Any:
 
 def _from_front(x: Any, axis: int) -> Any:
     return x if axis == 0 else jnp.moveaxis(x, 0, axis)
+
+
+# =====================================================================================
+# while_loop, fori_loop
+# =====================================================================================
+def _loop_parts(what: str, init_val: Any):
+    """The carried value's pieces: ``(inputs, to_value, from_value)`` for a lax loop over modules.
+
+    ``to_value(carry)`` rebuilds the value (fresh modules) from ``(state
+    leaves, other leaves)``; ``from_value(value, roots, pre)`` takes the body's
+    result back to leaves, checking that it has the same structure and holds
+    the same modules as the value the body was given.
+    """
+    inputs = _Inputs((init_val,), {})
+    gd, treedef, mask = inputs.graphdef, inputs.treedef, inputs.mask
+
+    def to_value(carry):
+        state, others = carry
+        a, _, roots, pre = _enter(gd, treedef, mask, state, others)
+        return a[0], roots, pre
+
+    def from_value(out, roots, pre):
+        leaves, out_treedef = _tree_flatten(((out,), {}), is_leaf=_is_node)
+        nodes = [x for x in leaves if _is_node(x)]
+        if out_treedef != treedef or len(nodes) != len(roots) or any(a is not b for a, b in zip(nodes, roots)):
+            raise ValueError(
+                f"{what}: the body must return a value of the same structure as the one it is given (the "
+                f"loop carry), with the same modules in the same places; got {out_treedef} for {treedef}."
+            )
+        if pre is not None:
+            post = graphlib._traverse(roots)
+            if post.graphdef != pre.graphdef:
+                raise ValueError(
+                    f"{what}: the body changed the structure of a module in the carry (added, removed or "
+                    "replaced an attribute, sub-module or Variable). The carry's structure must stay the "
+                    "same in every iteration: create every Variable before the loop."
+                )
+            state = [v.raw_value for v in post.variables]
+        else:
+            state = []
+        return state, [x for x in leaves if not _is_node(x)]
+
+    def finish(carry):
+        state, others = carry
+        _write(inputs.variables, state)
+        it_r, it_o = iter(inputs.roots), iter(others)
+        leaves = [next(it_r) if m else next(it_o) for m in mask]
+        (value,), _ = _tree_unflatten(treedef, leaves)
+        return value
+
+    return inputs, to_value, from_value, finish
+
+
+def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any) -> Any:
+    """``jax.lax.while_loop`` whose carry may hold modules (updated in place at the end).
+
+    ``body_fun(val)`` must return ``val``'s structure with the same modules in
+    it (they may update their Variables, e.g. a counter or an RNG stream, whose
+    keys then differ per iteration); ``cond_fun(val)`` returns a boolean
+    scalar and must not update anything.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> count = nnx.Variable(jnp.array(0))
+    >>> def body(val):
+    ...     counter, x = val
+    ...     counter.value += 1
+    ...     return counter, x * 2
+    >>> counter, x = nnx.while_loop(lambda val: val[1] < 100, body, (count, jnp.array(1.0)))
+    >>> int(count.value), float(x), counter is count
+    (7, 128.0, True)
+    """
+    what = "nnx.while_loop"
+    inputs, to_value, from_value, finish = _loop_parts(what, init_val)
+
+    def cond(carry):
+        value, _, _ = to_value(carry)
+        return cond_fun(value)
+
+    def body(carry):
+        value, roots, pre = to_value(carry)
+        return from_value(body_fun(value), roots, pre)
+
+    return finish(jax.lax.while_loop(cond, body, (inputs.leaves(), inputs.others)))
+
+
+def fori_loop(lower: Any, upper: Any, body_fun: Callable, init_val: Any, *, unroll: int | bool | None = None) -> Any:
+    """``jax.lax.fori_loop`` whose carry may hold modules: ``body_fun(i, val) -> val``.
+
+    The same rules as :func:`while_loop`. With static bounds (and so under
+    reverse-mode autodiff) JAX runs it as a scan.
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> model = nnx.Linear(2, 2, ctx=nnx.context(0))
+    >>> def body(i, val):
+    ...     model, x = val
+    ...     return model, model(x)
+    >>> model2, y = nnx.fori_loop(0, 3, body, (model, jnp.ones((1, 2))))
+    >>> y.shape, model2 is model
+    ((1, 2), True)
+    """
+    what = "nnx.fori_loop"
+    inputs, to_value, from_value, finish = _loop_parts(what, init_val)
+
+    def body(i, carry):
+        value, roots, pre = to_value(carry)
+        return from_value(body_fun(i, value), roots, pre)
+
+    kwargs = {} if unroll is None else {"unroll": unroll}
+    return finish(jax.lax.fori_loop(lower, upper, body, (inputs.leaves(), inputs.others), **kwargs))

@@ -1,19 +1,22 @@
-"""``nnx.vmap``: what ``jax.vmap`` needs on top of the lifting core.
+"""Mapping over modules: ``nnx.vmap``, ``nnx.pmap``, ``nnx.shard_map``.
 
-Per-Variable axes from ``in_axes``/``out_axes`` entries, one RNG key per lane,
-and a restart into the general path when the function returns or creates
-modules (stacked along ``out_axes``).
+What ``jax.vmap``/``jax.pmap`` need on top of the lifting core: per-Variable
+axes from ``in_axes``/``out_axes`` entries, one RNG key per lane, and a
+restart into the general path when the function returns or creates modules
+(stacked along ``out_axes``). ``shard_map`` takes PartitionSpecs instead of
+axes and gives each device its own RNG keys by folding in its mesh index.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 
-from nnxlite.state import _fmt_path
+from nnxlite import filters as filterlib
+from nnxlite.state import State, _fmt_path
 from nnxlite.transforms.modes import check_mode
 from nnxlite.transforms._lift import (
     _KEEP,
@@ -41,8 +44,9 @@ from nnxlite.transforms._lift import (
     _var_label,
     _write,
 )
+from nnxlite.variables import RngState
 
-__all__ = ["vmap"]
+__all__ = ["vmap", "pmap", "shard_map"]
 
 
 class _Restart(Exception):
@@ -120,7 +124,17 @@ def vmap(
             spmd_axis_name=spmd_axis_name, graph=graph, graph_updates=graph_updates,
         )
     check_mode(graph, graph_updates, "nnx.vmap")
-    what = "nnx.vmap"
+
+    def mapper(fn, in_spec, out_spec, n):
+        return jax.vmap(
+            fn, in_axes=in_spec, out_axes=out_spec, axis_name=axis_name, axis_size=n, spmd_axis_name=spmd_axis_name
+        )
+
+    return _mapped(f, "nnx.vmap", in_axes, out_axes, axis_size, mapper)
+
+
+def _mapped(f: Callable, what: str, in_axes: Any, out_axes: Any, axis_size: int | None, mapper: Callable) -> Callable:
+    """The body of :func:`vmap` and :func:`pmap`: ``mapper(fn, in_axes, out_axes, n)`` is the JAX primitive."""
     allowed = (int, None, _SPLIT)
 
     @_rewinds_draws_on_error
@@ -172,14 +186,7 @@ def vmap(
 
         def run_vmap(fn, out_spec):
             try:
-                return jax.vmap(
-                    fn,
-                    in_axes=(state_axes, 0, dyn_axes),
-                    out_axes=out_spec,
-                    axis_name=axis_name,
-                    axis_size=n,
-                    spmd_axis_name=spmd_axis_name,
-                )(state_in, keys, inputs.others)
+                return mapper(fn, (state_axes, 0, dyn_axes), out_spec, n)(state_in, keys, inputs.others)
             except ValueError as err:
                 if (changed_broadcast or unbatched_new) and "None" in str(err):
                     paths = [_var_label(inputs.flat, j) for j in changed_broadcast] + unbatched_new
@@ -216,5 +223,186 @@ def vmap(
             _write([variables[j] for j in kept], new_state)
             return out
         return _apply(meta, _scatter(n_vars, _KEEP, (kept, new_state)), extra, out, inputs.flat)
+
+    return wrapper
+
+
+# =====================================================================================
+# pmap
+# =====================================================================================
+def pmap(
+    f: Callable | None = None,
+    *,
+    in_axes: Any = 0,
+    out_axes: Any = 0,
+    axis_name: Any = None,
+    axis_size: int | None = None,
+    devices: Any = None,
+    backend: str | None = None,
+) -> Callable:
+    """``jax.pmap`` for functions of modules: :func:`vmap`'s rules, one lane per device.
+
+    Module entries in ``in_axes``/``out_axes`` are as for :func:`vmap`. Every
+    device gets its own RNG keys by default (a stream draws one key, split
+    into one per device); ``{'dropout': None}`` in a module's entry gives
+    every device the same dropout keys.
+
+    >>> import jax, jax.numpy as jnp, nnxlite as nnx
+    >>> n = jax.local_device_count()
+    >>> ctx = nnx.context(dropout=0)
+    >>> keys = nnx.pmap(lambda c, x: jax.random.uniform(c.dropout(), ()) + x, in_axes=(0, 0))(ctx, jnp.zeros(n))
+    >>> keys.shape == (n,)
+    True
+
+    Args:
+      f: the function (or use ``@nnx.pmap(...)``).
+      in_axes, out_axes, axis_name, axis_size: as for :func:`vmap` (and ``jax.pmap``).
+      devices, backend: passed to ``jax.pmap``.
+    """
+    if f is None:
+        return functools.partial(
+            pmap, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size, devices=devices,
+            backend=backend,
+        )
+
+    def mapper(fn, in_spec, out_spec, n):
+        return jax.pmap(
+            fn, in_axes=in_spec, out_axes=out_spec, axis_name=axis_name, axis_size=n, devices=devices, backend=backend
+        )
+
+    return _mapped(f, "nnx.pmap", in_axes, out_axes, axis_size, mapper)
+
+
+# =====================================================================================
+# shard_map
+# =====================================================================================
+_P = jax.sharding.PartitionSpec
+
+
+def _is_spec_entry(x: Any) -> bool:
+    return x is None or isinstance(x, (_P, Mapping))
+
+
+def _spec_of(entry: Any, path: tuple, var: Any, what: str) -> Any:
+    """The PartitionSpec (or ``'split'`` for an RNG stream) of one Variable under its argument's entry."""
+    if isinstance(entry, State):
+        spec = entry.flat().get(path)
+        return _P() if spec is None else spec
+    if isinstance(entry, Mapping):
+        for key, spec in entry.items():
+            if filterlib.to_predicate(key)(path, var):
+                if spec is None:
+                    return _P()
+                if spec == _SPLIT or isinstance(spec, _P):
+                    return spec
+                raise ValueError(f"{what}: invalid entry {spec!r} for {key!r}; expected a PartitionSpec, None or 'split'.")
+        entry = _P()
+    if isinstance(var, RngState):
+        return _SPLIT
+    return _P() if entry is None else entry
+
+
+def shard_map(
+    f: Callable | None = None,
+    *,
+    mesh: Any,
+    in_specs: Any,
+    out_specs: Any,
+    axis_names: Any = frozenset(),
+    check_vma: bool = True,
+) -> Callable:
+    """``jax.shard_map`` for functions of modules, with per-device RNG keys by default.
+
+    ``in_specs`` has one entry per positional argument (or one for all). For a
+    module the entry is a ``PartitionSpec`` for all its Variables, a dict
+    ``{filter: PartitionSpec}`` (first match; ``P()`` for the rest), or a State
+    of specs by path (``nnx.get_partition_spec(...)``). Module state comes
+    back with the same specs, updates written into the caller's Variables.
+    ``out_specs`` is a prefix of the (non-module) output, as in JAX.
+
+    **RNG streams are split per device.** A stream draws one key outside
+    (advancing the caller's stream); inside, each device folds its index over
+    the mesh axes in, so a ``Dropout`` draws a different mask on every device
+    (flax.nnx's ``shard_map`` hands every device the same key). To give every
+    device the same keys, name the stream in the dict: ``{'dropout': None}``
+    (its stream is then replicated and carried, as any ``P()`` state).
+
+    >>> import jax, jax.numpy as jnp, nnxlite as nnx
+    >>> from jax.sharding import PartitionSpec as P
+    >>> mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    >>> drop = nnx.Dropout(0.5, ctx=nnx.context(dropout=0))
+    >>> f = nnx.shard_map(lambda m, x: m(x), mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data"))
+    >>> f(drop, jnp.ones((jax.device_count() * 4,))).shape == (jax.device_count() * 4,)
+    True
+
+    Args:
+      f: the function (or use ``@nnx.shard_map(...)``).
+      mesh, in_specs, out_specs, axis_names, check_vma: as for ``jax.shard_map``;
+        RNG keys are made distinct over the manual axes (``axis_names``, or all
+        mesh axes).
+
+    The function must not change the structure of its modules or return modules.
+    """
+    if f is None:
+        return functools.partial(
+            shard_map, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=axis_names, check_vma=check_vma
+        )
+    what = "nnx.shard_map"
+    manual = tuple(a for a in mesh.axis_names if not axis_names or a in axis_names)
+
+    @functools.wraps(f)
+    def wrapper(*args):
+        inputs = _Inputs(args, {})
+        entries = _call_entries(in_specs, args, {}, None, _is_spec_entry, f"{what} in_specs")
+        root_pos = inputs.root_positions()
+        specs = []
+        if inputs.flat is not None:
+            specs = [
+                _spec_of(entries[root_pos[p[0]]], p[1:], v, what)
+                for p, v in zip(inputs.flat.graphdef.paths, inputs.flat.variables)
+            ]
+        streams = _split_streams(inputs, specs, what)
+        key_idx, count_idx = [jk for _, jk, _ in streams], [jc for _, _, jc in streams]
+        split_vars = {*key_idx, *count_idx}
+        kept = [j for j in range(len(specs)) if j not in split_vars]
+        variables = inputs.variables
+        keys = [stream() for stream, _, _ in streams]
+        counts = [_fresh_count(variables[j].raw_value) for j in count_idx]
+        dyn_specs = []
+        for e, m in zip(entries, inputs.mask):
+            if not m:
+                if isinstance(e, Mapping):
+                    raise ValueError(f"{what} in_specs: a dict {{filter: spec}} entry applies to modules only.")
+                dyn_specs.append(_P() if e is None else e)
+        state_specs = [specs[j] for j in kept]
+        gd, n_vars = inputs.graphdef, len(specs)
+
+        def body(state, lane_keys, others):
+            index = 0
+            for name in manual:  # this device's position over the manual mesh axes
+                index = index * mesh.shape[name] + jax.lax.axis_index(name)
+            lane_keys = [jax.random.fold_in(k, index) for k in lane_keys]
+            leaves = _scatter(n_vars, None, (kept, state), (key_idx, lane_keys), (count_idx, counts))
+            a, kw, roots, pre = _enter(gd, inputs.treedef, inputs.mask, leaves, others)
+            out = f(*a, **kw)
+            aligned, _, out, meta = _leave(pre, roots, out, leaves)
+            if meta is not None:
+                raise ValueError(
+                    f"{what}: the function changed the structure of a module or returned a module; inside "
+                    "shard_map module state is sharded, so create modules and Variables outside and return arrays."
+                )
+            return [aligned[j] for j in kept], out
+
+        # Under jit: called eagerly, jax.shard_map wants inputs already laid out as in_specs says.
+        new_state, out = jax.jit(jax.shard_map(
+            body,
+            mesh=mesh,
+            in_specs=(state_specs, [_P()] * len(keys), dyn_specs),
+            out_specs=(state_specs, out_specs),
+            axis_names=set(manual) if axis_names else frozenset(),
+            check_vma=check_vma,
+        ))([variables[j].raw_value for j in kept], keys, inputs.others)
+        _write([variables[j] for j in kept], new_state)
+        return out
 
     return wrapper
