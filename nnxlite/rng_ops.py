@@ -56,15 +56,23 @@ class SplitBackups(list):
 
 
 def _streams(node: Any, only: filterlib.Filter = ...) -> list[tuple[tuple, RngStream]]:
-    """``(path, stream)`` for each RngStream in ``node`` selected by ``only`` (matched on key and count)."""
+    """``(path, stream)`` for each RngStream in ``node`` selected by ``only`` (matched on key and count).
+
+    ``node`` may be any pytree holding graph nodes (a decorator sees ``(args, kwargs)``
+    with plain arrays beside the modules); each stream is reported once.
+    """
     predicate = filterlib.to_predicate(only)
-    found = []
-    for path, obj in graph.iter_graph(node):
-        if isinstance(obj, RngStream):
-            path = tuple(path)
-            if predicate(path + ("key",), obj.key) and predicate(path + ("count",), obj.count):
-                found.append((path, obj))
-    return found
+    found: dict[int, tuple[tuple, RngStream]] = {}
+    roots = jax.tree_util.tree_leaves(node, is_leaf=lambda x: isinstance(x, graph._NODE_BASES))
+    for root in roots:
+        if not isinstance(root, graph._NODE_BASES):
+            continue
+        for path, obj in graph.iter_graph(root):
+            if isinstance(obj, RngStream) and id(obj) not in found:
+                path = tuple(path)
+                if predicate(path + ("key",), obj.key) and predicate(path + ("count",), obj.count):
+                    found[id(obj)] = (path, obj)
+    return list(found.values())
 
 
 def _backup(stream: RngStream) -> tuple:
@@ -122,8 +130,9 @@ def split_rngs(
     def apply(target: Any) -> SplitBackups:
         backups = SplitBackups()
         for _, stream in _streams(target, only):
+            drawn = stream()  # drawn before the backup: the caller's stream stays advanced, as in flax
             backups.append(_backup(stream))
-            key = jax.random.split(stream(), splits)
+            key = jax.random.split(drawn, splits)
             _set(stream, key[0] if squeeze else key)
         return backups
 
@@ -162,8 +171,8 @@ def fork_rngs(
         for path, stream in _streams(target):
             for predicate, n in rules:
                 if predicate(path + ("key",), stream.key) and predicate(path + ("count",), stream.count):
+                    key = stream()  # drawn before the backup, as in split_rngs
                     backups.append(_backup(stream))
-                    key = stream()
                     _set(stream, key if n is None else jax.random.split(key, n))
                     break
         return backups
