@@ -79,3 +79,8 @@ from nnxlite.transforms.lift_types import DiffState, StateAxes, StateSharding
 from nnxlite.transforms.modes import set_graph_mode, set_graph_updates
 
 __version__ = "0.1.0"
+
+# --- flax.nnx names added for held-out flax programs (heldout) -----------------------------
+from nnxlite.training.ema import EMA
+from nnxlite.training.train_state import TrainState
+from nnxlite.compat import callable_variables as _callable_variables  # nnx.variables(model, nnx.Param)
