@@ -941,7 +941,9 @@ def _resolve(flat: _Flat, root: Any, path: Path) -> int:
     return -1
 
 
-_ArrayImpl = type(jnp.zeros(()))
+# JAX's concrete array class, named without creating an array: building one at import time would
+# start the backend before the user can set `jax_num_cpu_devices` or other platform options.
+from jax._src.array import ArrayImpl as _ArrayImpl  # noqa: E402
 _Tracer = jax.core.Tracer
 _ARRAY_LIKE = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)
 
