@@ -59,7 +59,9 @@ from nnxlite.training import optimizer
 from nnxlite.training.optimizer import ModelAndOptimizer
 from nnxlite.transforms import (
     Carry,
+    checkify,
     cond,
+    custom_vjp,
     eval_shape,
     fori_loop,
     grad,
