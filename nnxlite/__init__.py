@@ -60,7 +60,9 @@ from nnxlite.training import optimizer
 from nnxlite.training.optimizer import ModelAndOptimizer
 from nnxlite.transforms import (
     Carry,
+    checkify,
     cond,
+    custom_vjp,
     eval_shape,
     fori_loop,
     grad,
@@ -87,3 +89,8 @@ from nnxlite.compat.var_config import VarDefaults, use_eager_sharding, using_eag
 from nnxlite.view import vars_as, view, view_info, with_attributes, with_vars
 
 __version__ = "0.1.0"
+
+# --- flax.nnx names added for held-out flax programs (heldout) -----------------------------
+from nnxlite.training.ema import EMA
+from nnxlite.training.train_state import TrainState
+from nnxlite.compat import callable_variables as _callable_variables  # nnx.variables(model, nnx.Param)

@@ -14,6 +14,7 @@ They are spellings over the one Variable: ``get_value()`` is ``.value``,
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 _MISSING: Any = object()
@@ -23,6 +24,9 @@ class FlaxVariableMethods:
     """Mixin for :class:`~nnxlite.Variable`; see the module docstring."""
 
     __slots__ = ()
+
+    # ``nnx.Variable[A]`` in annotations and ``class Count(nnx.Variable[A])``, as flax's generic Variable.
+    __class_getitem__ = classmethod(types.GenericAlias)
 
     def get_value(self, *, index: Any = _MISSING) -> Any:
         """The held value (``.value``), or ``value[index]``."""
