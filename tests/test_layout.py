@@ -63,3 +63,18 @@ def test_repr_still_works_with_lazy_display_import():
     model = nnx.Linear(2, 3, ctx=nnx.context(0))
     text = repr(model)
     assert text.startswith("Linear(") and "Param: 9" in text
+
+
+def test_import_does_not_start_the_jax_backend():
+    # flax programs import the library first and then set platform options such as
+    # `jax_num_cpu_devices`; JAX refuses those once a backend exists.
+    code = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+import jax
+import nnxlite, nnxlite.nn, nnxlite.transforms, nnxlite.training, nnxlite.checkpoint, nnxlite.compat
+jax.config.update("jax_num_cpu_devices", 4)
+assert len(jax.devices()) == 4, jax.devices()
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr + result.stdout

@@ -147,7 +147,7 @@ def load_state_dict(
         for target, (name, applied) in matched.items():
             slot = slots[target]
             transforms = [r.transform for r in applied if r.transform is not None]
-            shape = _transformed(source.read(name), transforms).shape if transforms else source.shape(name)
+            shape = _shape_after(transforms, source, name) if transforms else source.shape(name)
             if tuple(shape) != slot.torch_shape:
                 mismatched.append(_mismatch_line(name, target, applied, tuple(shape), slot))
         if duplicates or mismatched or (strict and (missing or unexpected)):
@@ -276,6 +276,21 @@ def _transformed(array: Any, transforms: list) -> Any:
     for fn in transforms:
         array = np.asarray(fn(array))
     return array
+
+
+def _shape_after(transforms: list, source: Any, name: str) -> tuple[int, ...]:
+    """The shape of ``name`` after ``transforms``, without reading it.
+
+    The transforms run on a stand-in of the stored shape whose elements all
+    share one byte (a broadcast view), which is enough for the transposes and
+    reshapes rules do. A transform that needs real values (or writes) fails
+    on it, and then the tensor is read; it is read again when loaded.
+    """
+    standin = np.broadcast_to(np.zeros((), np.float32), source.shape(name))
+    try:
+        return tuple(np.shape(_transformed(standin, transforms)))
+    except Exception:  # noqa: BLE001 - any failure means "needs the real array"
+        return tuple(_transformed(source.read(name), transforms).shape)
 
 
 def _placed_like(part: np.ndarray, old: Any, *, may_alias: bool) -> Any:

@@ -79,11 +79,11 @@ Layout of this package
 """
 
 from nnxlite.transforms._lift import Carry
-from nnxlite.transforms.autodiff import grad, jvp, remat, value_and_grad, vjp
+from nnxlite.transforms.autodiff import CustomVjp, custom_vjp, grad, jvp, remat, value_and_grad, vjp
 from nnxlite.transforms.control import cond, switch
 from nnxlite.transforms.jit import jit
 from nnxlite.transforms.loops import fori_loop, scan, while_loop
 from nnxlite.transforms.mapping import pmap, shard_map, vmap
-from nnxlite.transforms.shapes import eval_shape
+from nnxlite.transforms.shapes import checkify, eval_shape
 
-__all__ = ["jit", "vmap", "scan", "remat", "cond", "switch", "eval_shape", "grad", "value_and_grad", "Carry", "while_loop", "fori_loop", "pmap", "shard_map", "jvp", "vjp"]
+__all__ = ["jit", "vmap", "scan", "remat", "cond", "switch", "eval_shape", "grad", "value_and_grad", "Carry", "while_loop", "fori_loop", "pmap", "shard_map", "jvp", "vjp", "custom_vjp", "CustomVjp", "checkify"]

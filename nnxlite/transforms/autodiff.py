@@ -28,21 +28,23 @@ changes made inside propagate.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nnxlite import graph
 from nnxlite import filters as filterlib
 from nnxlite.state import State, StateStructure, _new_state, path_sort_key
 from nnxlite.transforms.lift_types import DiffState
-from nnxlite.transforms.modes import check_mode
-from nnxlite.transforms._lift import _KEEP, _apply, _enter, _finish, _Inputs, _leave, _pure, _RootsCache, _scatter, _write
+from nnxlite.transforms.modes import check_mode, set_graph_mode, set_graph_updates
+from nnxlite.transforms._lift import _KEEP, _apply, _enter, _finish, _Inputs, _is_node, _leave, _pure, _RootsCache, _scatter, _write
 from nnxlite.variables import Param, Variable
 
-__all__ = ["grad", "value_and_grad", "vjp", "jvp", "remat"]
+__all__ = ["grad", "value_and_grad", "vjp", "jvp", "remat", "custom_vjp", "CustomVjp"]
 
 
 def value_and_grad(
@@ -462,3 +464,284 @@ def jvp(f: Callable, primals: tuple, tangents: tuple, *, wrt: filterlib.Filter =
     out, t_out, new_values = jax.jvp(pure, diff_primals, (t_state, t_others), has_aux=True)
     finish(new_values)
     return out, t_out
+
+
+# =====================================================================================
+# custom_vjp
+# =====================================================================================
+# What jax.custom_vjp needs on top of the core: the modules' Variables become primal
+# inputs (the differentiable ones, chosen by nondiff_argnums' DiffState entries, and the
+# rest, whose cotangent is zero), their values after the call become extra outputs (so
+# in-place updates come out and have cotangents), and modules kept in the residuals
+# travel as their state and are rebuilt for bwd.
+_WHAT = "nnx.custom_vjp"
+
+
+def custom_vjp(
+    fun: Callable | None = None,
+    *,
+    nondiff_argnums: Sequence[int | DiffState] = (),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> "CustomVjp | Callable[[Callable], CustomVjp]":
+    """``jax.custom_vjp`` for functions of modules (flax.nnx's ``custom_vjp``).
+
+    Define the derivative with ``f.defvjp(fwd, bwd)``. ``fwd`` takes the
+    same arguments as ``f`` and returns ``(out, residuals)``; residuals may
+    hold modules (``bwd`` gets them back, with the values they had in
+    ``fwd``). ``bwd(*nondiff, residuals, (updates_g, out_g))`` gets the
+    cotangent of the output and ``updates_g``, one entry per differentiable
+    argument: for a module, a :class:`~nnxlite.State` with the cotangents of
+    its Variables' values after the call (zeros unless the caller
+    differentiates through state the function updated), ``None`` for other
+    arguments. It returns one tangent per differentiable argument: a State
+    (or dict) by path for a module, an array for an array; paths left out
+    have tangent zero.
+
+    >>> import jax, jax.numpy as jnp, nnxlite as nnx
+    >>> class Foo(nnx.Module):
+    ...     def __init__(self):
+    ...         self.x = nnx.Param(jnp.array(1.0))
+    ...         self.y = nnx.Param(jnp.array(2.0))
+    >>> @nnx.custom_vjp
+    ... def f(m):
+    ...     return jnp.sin(m.x) * m.y
+    >>> def f_fwd(m):
+    ...     return f(m), (jnp.cos(m.x), jnp.sin(m.x), m)
+    >>> def f_bwd(res, g):
+    ...     (m_g,), out_g = g[0], g[1]
+    ...     cos_x, sin_x, m = res
+    ...     m_g["x"] = cos_x * out_g * m.y
+    ...     m_g["y"] = sin_x * out_g
+    ...     return (m_g,)
+    >>> f.defvjp(f_fwd, f_bwd)
+    >>> grads = nnx.grad(f)(Foo())
+    >>> round(float(grads["x"]), 4), round(float(grads["y"]), 4)   # 2 cos(1), sin(1)
+    (1.0806, 0.8415)
+
+    ``nondiff_argnums`` entries are ints (arguments that are not
+    differentiated and are passed first to ``bwd``, as in JAX; they cannot be
+    modules) or ``nnx.DiffState(argnum, filter)``: only that module's
+    Variables matching ``filter`` get a tangent (the rest get zero).
+
+    With ``graph_updates=False`` (or ``graph=False``; also under
+    ``nnx.set_graph_updates(False)``), ``bwd`` follows flax's simple
+    convention: ``bwd(*nondiff, residuals, out_g)``, optionally with an
+    ``updates_g=`` keyword, and a module's tangent may be given as a module
+    (e.g. ``nnx.clone(m)`` with gradient values). Either way, graph semantics
+    (shared references, in-place updates) are kept.
+
+    Differences from flax: a State's leaves are arrays, so set a tangent with
+    ``m_g["x"] = value`` (flax: ``m_g["x"][...] = value``).
+    """
+    if fun is None:
+        return functools.partial(custom_vjp, nondiff_argnums=nondiff_argnums, graph=graph, graph_updates=graph_updates)
+    check_mode(graph, graph_updates, _WHAT)
+    return CustomVjp(fun, tuple(nondiff_argnums), graph=graph, graph_updates=graph_updates)
+
+
+class CustomVjp:
+    """The function returned by :func:`custom_vjp`; call :meth:`defvjp` before using it."""
+
+    def __init__(self, fun: Callable, nondiff_argnums: tuple, *, graph: bool | None = None, graph_updates=None):
+        functools.update_wrapper(self, fun)
+        self.fun = fun
+        self.fwd: Callable | None = None
+        self.bwd: Callable | None = None
+        self.symbolic_zeros = False
+        self.nondiff_argnums = nondiff_argnums
+        # As in flax, the mode in effect when the function is defined decides bwd's convention.
+        graph = set_graph_mode.current_value() if graph is None else graph
+        updates = set_graph_updates.current_value() if graph_updates is None else graph_updates
+        self._simple = not graph or not updates
+        self._jax_nondiff: list[int] = []
+        self._filters: dict[int, Any] = {}
+        for entry in nondiff_argnums:
+            if isinstance(entry, DiffState):
+                index, flt = entry.argnum, entry.filter
+                filterlib.to_predicate(flt)  # fail early on a bad filter
+            elif isinstance(entry, int) and not isinstance(entry, bool):
+                index, flt = entry, None
+            else:
+                raise TypeError(f"{_WHAT}: nondiff_argnums entries must be ints or nnx.DiffState, got {entry!r}.")
+            if index in self._filters or index in self._jax_nondiff:
+                raise ValueError(f"{_WHAT}: argument {index} is repeated in nondiff_argnums={nondiff_argnums!r}.")
+            if flt is None:
+                self._jax_nondiff.append(index)
+            else:
+                self._filters[index] = flt
+
+    def defvjp(self, fwd: Callable, bwd: Callable, symbolic_zeros: bool = False) -> None:
+        """Set the forward (``fwd(*args) -> (out, residuals)``) and backward rules; see :func:`custom_vjp`."""
+        if symbolic_zeros:
+            raise NotImplementedError(
+                f"{_WHAT}: symbolic_zeros=True is not supported; bwd receives instantiated zeros. Use the default."
+            )
+        self.fwd, self.bwd = fwd, bwd
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fwd is None or self.bwd is None:
+            raise ValueError(f"{_WHAT}: call {self.__name__}.defvjp(fwd, bwd) before calling the function.")
+        if kwargs:  # as in flax: keyword arguments become positional ones
+            bound = inspect.signature(self.fun).bind(*args, **kwargs)
+            bound.apply_defaults()
+            args, kwargs = bound.args, {}
+        n = len(args)
+        nd_pos = sorted(i % n for i in self._jax_nondiff if -n <= i < n)
+        for i in nd_pos:
+            nodes = [x for x in jax.tree_util.tree_leaves(args[i], is_leaf=_is_node) if _is_node(x)]
+            if nodes:
+                raise TypeError(
+                    f"{_WHAT}: argument {i} holds a {type(nodes[0]).__name__}, but an int in nondiff_argnums "
+                    "marks a plain (non-module) argument. For a module, give nnx.DiffState(argnum, filter) "
+                    "instead (nnx.DiffState(argnum, nnx.Nothing) for no tangent at all)."
+                )
+        filters = {i % n: f for i, f in self._filters.items() if -n <= i < n}
+        return _call(self, args, tuple(nd_pos), filters)
+
+
+def _call(cv: CustomVjp, args: tuple, nd_pos: tuple, filters: dict) -> Any:
+    """One call: flatten, run ``jax.custom_vjp`` over the state, write updates back."""
+    n = len(args)
+    diff_args = [i for i in range(n) if i not in nd_pos]
+    nd_vals = [args[i] for i in nd_pos]
+    dargs = tuple(None if i in nd_pos else a for i, a in enumerate(args))
+    inputs = _Inputs(dargs, {})
+    everything = filterlib.Everything()
+    plan = _plan(inputs, tuple(diff_args), tuple(filters.get(i, everything) for i in diff_args))
+    full = _plan(inputs, tuple(diff_args), (everything,) * len(diff_args))
+    leaves, others = inputs.leaves(), inputs.others
+    n_vars = len(leaves)
+    diff_vars = list(plan.diff_vars)
+    rest_vars = [j for j in range(n_vars) if j not in set(diff_vars)]
+    diff_others = list(plan.diff_others)
+    avals = [(np.shape(x), jax.dtypes.result_type(x)) for x in leaves]
+    other_avals = [(np.shape(x), jax.dtypes.result_type(x)) for x in others]
+    gd, treedef, mask = inputs.graphdef, inputs.treedef, inputs.mask
+    simple = cv._simple
+    cell: dict = {}
+
+    def run(user_fn, nd, diff_state, rest_state, d_others):
+        state = _scatter(n_vars, None, (diff_vars, diff_state), (rest_vars, rest_state))
+        other = list(others)
+        for k, x in zip(diff_others, d_others):
+            other[k] = x
+        a, _, roots, pre = _enter(gd, treedef, mask, state, other)
+        a = list(a)
+        for i, x in zip(nd_pos, nd):
+            a[i] = x
+        result = user_fn(*a)
+        out = result if user_fn is cv.fun else result[0]
+        aligned, _, out, meta = _leave(pre, roots, out, state)
+        if meta is not None:
+            raise ValueError(
+                f"{_WHAT}: the function changed the structure of a module argument or returned a module; it "
+                "must return arrays (pytrees of them) and keep its modules' structure."
+            )
+        cell["changed"] = [j for j, (new, old) in enumerate(zip(aligned, state)) if new is not old]
+        return aligned, out, result
+
+    n_nd = len(nd_pos)
+
+    def primal(*flat_args):
+        nd, (diff_state, rest_state, d_others) = flat_args[:n_nd], flat_args[n_nd:]
+        aligned, out, _ = run(cv.fun, nd, diff_state, rest_state, d_others)
+        return aligned, out
+
+    def fwd(*flat_args):
+        nd, (diff_state, rest_state, d_others) = flat_args[:n_nd], flat_args[n_nd:]
+        aligned, out, (_, residual) = run(cv.fwd, nd, diff_state, rest_state, d_others)
+        res_inputs = _Inputs((residual,), {})
+        cell["residual"] = (res_inputs.graphdef, res_inputs.treedef, res_inputs.mask)
+        return (aligned, out), (res_inputs.leaves(), res_inputs.others)
+
+    def bwd(*flat_args):
+        nd, (res_leaves, res_others), (state_ct, out_ct) = flat_args[:n_nd], flat_args[n_nd], flat_args[n_nd + 1]
+        r_gd, r_treedef, r_mask = cell["residual"]
+        (residual,), _, _, _ = _enter(r_gd, r_treedef, r_mask, res_leaves, res_others)
+        updates = _shape_grads(full, [state_ct[j] for j in full.diff_vars], [None] * len(full.diff_others))
+        updates = tuple(_none_for_arrays(u) for u in updates)
+        if simple:
+            kw = {"updates_g": updates} if _takes_updates_g(cv.bwd) else {}
+            tangent = cv.bwd(*nd, residual, out_ct, **kw)
+        else:
+            tangent = cv.bwd(*nd, residual, (updates, out_ct))
+        return _tangent_cts(tangent, plan, diff_args, avals, other_avals, diff_vars, rest_vars, diff_others)
+
+    fn = jax.custom_vjp(primal, nondiff_argnums=tuple(range(n_nd)))
+    fn.defvjp(fwd, bwd)
+    primals = ([leaves[j] for j in diff_vars], [leaves[j] for j in rest_vars], [others[k] for k in diff_others])
+    aligned, out = fn(*nd_vals, *primals)
+    changed = cell.get("changed", ())
+    _write([inputs.variables[j] for j in changed], [aligned[j] for j in changed])
+    return out
+
+
+def _none_for_arrays(tree: Any) -> Any:
+    """``updates_g`` shows a State for each module and ``None`` for every other leaf (as flax does)."""
+    return jax.tree_util.tree_map(lambda x: x if isinstance(x, State) else None, tree, is_leaf=lambda x: isinstance(x, State))
+
+
+def _takes_updates_g(bwd: Callable) -> bool:
+    try:
+        params = inspect.signature(bwd).parameters
+    except (TypeError, ValueError):
+        return False
+    return "updates_g" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _zero(aval) -> Any:
+    shape, dtype = aval
+    if jnp.issubdtype(dtype, jnp.inexact):
+        return jnp.zeros(shape, dtype)
+    return np.zeros(shape, jax.dtypes.float0)  # integer, bool and key state has no tangent
+
+
+def _tangent_cts(tangent, plan, diff_args, avals, other_avals, diff_vars, rest_vars, diff_others):
+    """The user's tangent (one per differentiable argument) as cotangents of the flat primals."""
+    if not isinstance(tangent, (tuple, list)) or len(tangent) != len(diff_args):
+        raise ValueError(
+            f"{_WHAT}: bwd must return a tuple with one tangent per differentiable argument "
+            f"({len(diff_args)}: arguments {diff_args}), got {type(tangent).__name__}"
+            + (f" of length {len(tangent)}." if isinstance(tangent, (tuple, list)) else ".")
+        )
+    pos = {j: k for k, j in enumerate(diff_vars)}
+    g_state: list = [None] * len(diff_vars)
+    g_others: list = [None] * len(diff_others)
+    for arg, (treedef, parts), t in zip(diff_args, plan.arg_grads, tangent):
+        if t is None:
+            t_leaves = [None] * len(parts)
+        else:
+            try:
+                t_leaves = treedef.flatten_up_to(t)
+            except (ValueError, TypeError) as err:
+                raise ValueError(
+                    f"{_WHAT}: the tangent for argument {arg} does not mirror the argument ({treedef}); give a "
+                    "State (or dict) for each module and an array for each array."
+                ) from err
+        for part, leaf in zip(parts, t_leaves):
+            if part[0] == "var":
+                _, ks, structure = part
+                if leaf is None:
+                    continue
+                if _is_node(leaf) and not isinstance(leaf, Variable):
+                    leaf = graph.state(leaf)  # simple convention: a module holding the tangent values
+                flat = (leaf if isinstance(leaf, State) else State(leaf)).flat()
+                known = dict(zip(structure.paths, ks))
+                unknown = [p for p in flat if p not in known]
+                if unknown:
+                    raise ValueError(
+                        f"{_WHAT}: the tangent for argument {arg} has paths {unknown} that are not "
+                        f"differentiable Variables of it (expected a subset of {list(known)})."
+                    )
+                for p, x in flat.items():
+                    g_state[known[p]] = x.value if isinstance(x, Variable) else x
+            elif part[0] == "one":
+                if part[1] is not None and leaf is not None:
+                    g_state[part[1]] = leaf.value if isinstance(leaf, Variable) else leaf
+            else:
+                g_others[part[1]] = leaf
+    g_state = [_zero(avals[j]) if g is None else g for g, j in zip(g_state, diff_vars)]
+    g_rest = [_zero(avals[j]) for j in rest_vars]
+    g_others = [_zero(other_avals[k]) if g is None else g for g, k in zip(g_others, diff_others)]
+    return g_state, g_rest, g_others

@@ -43,7 +43,7 @@ __all__ = ["jit"]
 # =====================================================================================
 # Donation
 # =====================================================================================
-_ArrayImpl = type(jnp.zeros(()))
+from nnxlite.graph import _ArrayImpl  # noqa: E402
 _getrefcount = sys.getrefcount
 # References to a donated array that the donation itself accounts for: the Variable,
 # the list of donated values and getrefcount's argument.
