@@ -28,12 +28,15 @@ leaves each) that changes no Variable, at 200, 1,000 and 4,000 leaves:
 * **nnxlite** — ``nnx.jit(lambda m, x: m(x))(model, x)``;
 * **flax.nnx** (graph and tree mode) and **Equinox** ``eqx.filter_jit``.
 
-A third table gives the first-call time (trace + lower + compile + run) of
-that inference forward at ``--compile-leaves`` leaves (default 20,000: a
-chain of 10,000 ``Linear(16, 16)``): ``jax.jit(lambda st, x: nnx.merge(gd,
-st)(x))`` reading the same state against ``nnx.jit(lambda m, x: m(x))``, and
-``nnx.jit`` again after one leaf is appended to the model (a new structure,
-so a fresh trace and compile).
+Two more tables give first-call times (trace + lower + compile + run) on
+that chain, ``jax.jit(lambda st, x: f(nnx.merge(gd, st), x))`` reading the
+same state against ``nnx.jit(f)``, and ``nnx.jit(f)`` again after one leaf is
+appended to the model (a new structure: a fresh trace and compile). At
+``--compile-leaves`` (default 20,000) ``f`` runs only the last layer, so
+every leaf is an input but XLA has almost nothing to compile: the table
+shows the frameworks' own cost. At ``--compile-chain-leaves`` (default
+2,000) ``f`` is the whole forward, where XLA's compile dominates (a
+20,000-leaf chain takes XLA over 15 minutes on a 2-core CPU).
 
 Run: ``python benchmarks/bench_jit.py [--depths 2 8 24] [--leaves 200 1000 4000] [--rounds 15] [--quick]``.
 """
@@ -239,27 +242,41 @@ def make_inference_variants(n_leaves: int) -> dict:
 
 
 # -- compile time ----------------------------------------------------------------------------------
-def compile_times(n_leaves: int) -> dict:
-    """First call (trace + lower + compile + run) of the inference forward: jax.jit + merge vs nnx.jit."""
+def compile_times(n_leaves: int, repeats: int, whole_chain: bool) -> dict:
+    """First-call seconds (trace + lower + compile + run) of a forward over the chain: jax.jit + merge vs nnx.jit.
+
+    ``whole_chain`` runs every layer; otherwise only the last one, so that
+    every leaf is still an input (merged, traversed, lowered) but XLA has
+    almost nothing to compile and what is left is the frameworks' own work.
+    Each repeat uses fresh jitted functions (a fresh trace and compile), the
+    variants interleaved; the result is the median per variant.
+    """
     x = jnp.ones((IN_BATCH, IN_WIDTH))
+
+    def forward(m, x):
+        return m(x) if whole_chain else m.layers[-1](x)
+
     # Pay JAX's one-time costs (the first trace of Linear's kernel, backend start-up) outside the timings.
     tiny = Stack(1, IN_WIDTH, False, ctx=nnx.context(0))
-    jax.block_until_ready(nnx.jit(lambda m, x: m(x))(tiny, x))
+    jax.block_until_ready(nnx.jit(forward)(tiny, x))
     tgd, tst = nnx.split(tiny)
-    jax.block_until_ready(jax.jit(lambda st, x: nnx.merge(tgd, st)(x))(tst, x))
+    jax.block_until_ready(jax.jit(lambda st, x: forward(nnx.merge(tgd, st), x))(tst, x))
 
     model = Stack(n_leaves // 2, IN_WIDTH, False, ctx=nnx.context(0))
     gd, state = nnx.split(model)
-    forward = nnx.jit(lambda m, x: m(x))
-    out = {
-        "jax.jit(lambda st, x: nnx.merge(gd, st)(x))": _bench.first_call(
-            lambda: jax.jit(lambda st, x: nnx.merge(gd, st)(x))(state, x)
-        ),
-        "nnxlite nnx.jit(lambda m, x: m(x))": _bench.first_call(lambda: forward(model, x)),
-    }
-    model.extra = nnx.Param(jnp.zeros(()))  # one more leaf: a new structure, traced and compiled again
-    out["nnxlite nnx.jit, one leaf appended"] = _bench.first_call(lambda: forward(model, x))
-    return out
+    times: dict[str, list] = {"jax.jit(lambda st, x: f(nnx.merge(gd, st), x))": [], "nnxlite nnx.jit(f)": [],
+                              "nnxlite nnx.jit(f), one leaf appended": []}
+    for _ in range(repeats):
+        names = iter(times)
+        times[next(names)].append(
+            _bench.first_call(lambda: jax.jit(lambda st, x: forward(nnx.merge(gd, st), x))(state, x))
+        )
+        jitted = nnx.jit(forward)
+        times[next(names)].append(_bench.first_call(lambda: jitted(model, x)))
+        model.extra = nnx.Param(jnp.zeros(()))  # one more leaf: a new structure, traced and compiled again
+        times[next(names)].append(_bench.first_call(lambda: jitted(model, x)))
+        del model.extra
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def measure(depth: int, rounds: int, calls: int, make=None) -> tuple[dict, float]:
@@ -305,11 +322,16 @@ def main() -> None:
     parser.add_argument("--leaves", type=int, nargs="+", default=[200, 1000, 4000],
                         help="leaf counts of the inference-call table (0 to skip it)")
     parser.add_argument("--compile-leaves", type=int, default=20000,
-                        help="leaf count of the compile-time table (0 to skip it)")
+                        help="leaf count of the compile-time table of a forward through the last layer (0 to skip it)")
+    parser.add_argument("--compile-chain-leaves", type=int, default=2000,
+                        help="leaf count of the compile-time table of the whole chain's forward (0 to skip it)")
+    parser.add_argument("--compile-repeats", type=int, default=3, help="fresh compiles per variant (the median)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.calls = 3, 20
         args.compile_leaves = min(args.compile_leaves, 2000)
+        args.compile_chain_leaves = min(args.compile_chain_leaves, 400)
+        args.compile_repeats = 1
     print(_bench.header("jit training-step overhead"))
     print(f"max |nnxlite - pure JAX| kernel difference after 3 steps: {check_equal():.2e}")
     results = {d: measure(d, args.rounds, args.calls) for d in args.depths}
@@ -338,16 +360,18 @@ def main() -> None:
         print("| *pure JAX call time (median)* | " + " | ".join(f"{inf[n][1] * 1e6:.0f} µs" for n in leaves) + " |")
         print(f"\nChain of Linear({IN_WIDTH}, {IN_WIDTH}), batch {IN_BATCH}; median over {args.rounds} interleaved "
               "rounds of (variant time / pure-JAX time in the same round). Lower is better.")
-    if args.compile_leaves > 0:
-        ct = compile_times(args.compile_leaves)
+    for n, whole in ((args.compile_leaves, False), (args.compile_chain_leaves, True)):
+        if n <= 0:
+            continue
+        ct = compile_times(n, args.compile_repeats, whole)
         base = next(iter(ct.values()))
-        print(f"\n## First call (trace + lower + compile + run) at {args.compile_leaves:,} leaves\n")
+        f = "m(x), the whole chain" if whole else "m.layers[-1](x), every leaf an input"
+        print(f"\n## First call (trace + lower + compile + run) at {n:,} leaves, f = lambda m, x: {f}\n")
         print("| variant | seconds | vs jax.jit |\n|---|---|---|")
         for name, t in ct.items():
             print(f"| {name} | {t:.2f} s | {t / base:.2f}× |")
-        print(f"\nThe inference forward through {args.compile_leaves // 2:,} Linear({IN_WIDTH}, {IN_WIDTH}), batch "
-              f"{IN_BATCH}; each a first call in this process (JAX's one-time start-up paid beforehand).")
-
+        print(f"\nChain of {n // 2:,} Linear({IN_WIDTH}, {IN_WIDTH}), batch {IN_BATCH}; median of "
+              f"{args.compile_repeats} interleaved fresh compiles (JAX's one-time start-up paid beforehand).")
 
 if __name__ == "__main__":
     main()
