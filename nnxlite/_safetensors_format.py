@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 import ml_dtypes
 import numpy as np
 
-__all__ = ["FormatError", "TensorInfo", "Header", "DTYPE_CODES", "CODE_DTYPES", "write", "read_header", "read_bytes"]
+__all__ = ["FormatError", "TensorInfo", "Header", "DTYPE_CODES", "CODE_DTYPES", "write", "read_header", "read_bytes", "read_into", "file_size"]
 
 # The largest header accepted (the safetensors library's own limit).
 MAX_HEADER_BYTES = 100_000_000
@@ -168,14 +168,39 @@ def read_bytes(f, header: Header, name: str) -> np.ndarray:
     """The raw bytes of tensor ``name`` as a new, writable uint8 array."""
     t = header.tensors[name]
     buf = np.empty(t.end - t.begin, np.uint8)
+    read_into(f, header, name, buf)
+    return buf
+
+
+def read_into(f, header: Header, name: str, out: Any) -> None:
+    """Read tensor ``name``'s bytes straight into ``out``, a writable buffer of exactly its size.
+
+    Letting the caller own the buffer means the bytes are copied once, from
+    the file into the memory they end up in (nnxlite's PyTorch loader reads
+    into page-aligned buffers that JAX adopts without another copy).
+
+    >>> import io, numpy as np
+    >>> from nnxlite import _safetensors_format as fmt
+    >>> buf = io.BytesIO()
+    >>> fmt.write(buf.write, [("x", "I32", (2,), np.array([7, 8], np.int32).view(np.uint8))], {})
+    >>> _ = buf.seek(0)
+    >>> header = fmt.read_header(buf, len(buf.getvalue()))
+    >>> out = np.empty(2, np.int32)
+    >>> fmt.read_into(buf, header, "x", out.view(np.uint8))
+    >>> out.tolist()
+    [7, 8]
+    """
+    t = header.tensors[name]
+    view = memoryview(out).cast("B")
+    if len(view) != t.end - t.begin:
+        raise ValueError(f"tensor {name!r} has {t.end - t.begin} bytes; the buffer given holds {len(view)}")
     f.seek(header.data_start + t.begin)
-    view, done = memoryview(buf), 0
-    while done < len(buf):
+    done = 0
+    while done < len(view):
         got = f.readinto(view[done:])
         if not got:
-            raise FormatError(f"tensor {name!r}: the file ended inside its data")
+            raise FormatError(f"tensor {name!r}: the file ended inside its data (it is truncated)")
         done += got
-    return buf
 
 
 def _read_exactly(f, n: int) -> bytes:

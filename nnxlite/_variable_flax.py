@@ -14,6 +14,7 @@ They are spellings over the one Variable: ``get_value()`` is ``.value``,
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 _MISSING: Any = object()
@@ -23,6 +24,9 @@ class FlaxVariableMethods:
     """Mixin for :class:`~nnxlite.Variable`; see the module docstring."""
 
     __slots__ = ()
+
+    # ``nnx.Variable[A]`` in annotations and ``class Count(nnx.Variable[A])``, as flax's generic Variable.
+    __class_getitem__ = classmethod(types.GenericAlias)
 
     def get_value(self, *, index: Any = _MISSING) -> Any:
         """The held value (``.value``), or ``value[index]``."""
@@ -49,15 +53,22 @@ class FlaxVariableMethods:
         """The Variable's type (``type(variable)``)."""
         return type(self)
 
+    # flax's Variable modes. nnxlite Variables are always plain Python boxes; the flags
+    # are metadata that ``nnx.with_vars`` / ``nnx.vars_as`` (or the constructor) record.
     @property
     def hijax(self) -> bool:
-        """Always False: nnxlite Variables are plain Python boxes."""
-        return False
+        """The ``hijax`` flag (metadata; default False). It does not change behaviour in nnxlite."""
+        return bool(self._metadata.get("hijax", False))
 
     @property
     def ref(self) -> bool:
-        """Always False: nnxlite Variables hold values, not array references."""
-        return False
+        """The ``ref`` flag (metadata; default False). It does not change behaviour in nnxlite."""
+        return bool(self._metadata.get("ref", False))
+
+    @property
+    def mutable(self) -> bool:
+        """The ``mutable`` flag (metadata; default True). It does not change behaviour in nnxlite."""
+        return bool(self._metadata.get("mutable", True))
 
     @property
     def required_metadata(self) -> tuple[str, ...]:

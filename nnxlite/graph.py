@@ -28,7 +28,7 @@ traversal is reused only when it is exactly right; value edits do not bump it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -56,6 +56,9 @@ __all__ = [
 ]
 
 Path = tuple[Any, ...]
+# flax.nnx's names for one path element and a whole path (``nnx.graph.Key``, ``nnx.graph.PathParts``).
+Key = Hashable
+PathParts = Path
 
 # How an attribute of a node is stored in a GraphDef.
 STATIC, VAR, NODE = 0, 1, 2
@@ -282,6 +285,25 @@ class _Flat:
         return tuple(reversed(keys))
 
 
+class _AllDataStatus(dict):
+    """The status of a container marked ``nnx.data``: every item is data."""
+
+    __slots__ = ()
+
+    def get(self, key, default=None):  # type: ignore[override]
+        return True
+
+
+_ALL_DATA = _AllDataStatus()
+_NUMBER_TYPES = (bool, int, float, complex, np.generic)
+
+
+def _is_number(value: Any) -> bool:
+    # Inside an nnx.data container only JAX-valid leaves become data; strings, None and
+    # functions stay static structure (they could not cross a jit boundary as leaves).
+    return isinstance(value, _NUMBER_TYPES)
+
+
 def _traverse(root: Any, epoch: int | None = None) -> _Flat:
     """Walk the graph below ``root`` once (depth-first, keys in canonical order).
 
@@ -381,13 +403,19 @@ def _traverse(root: Any, epoch: int | None = None) -> _Flat:
                         continue
                     refs[key] = (NODE, len(nodes))
                     keys.append(key)
-                    stack.append(open_node(value, child_kind, (idx, key)))
+                    child = open_node(value, child_kind, (idx, key))
+                    if child_kind != OBJECT and frame[6] is not None and frame[6].get(key):
+                        # A list/dict assigned with nnx.data(...) (or inside one): every item is
+                        # data, as in flax 0.12, so nnx.data([1, 2]) has two leaves.
+                        child[6] = _ALL_DATA
+                    stack.append(child)
                     in_module.append(in_module[-1] or child_kind == OBJECT)
                     descended = True
                     break
                 status = frame[6]
                 if frame[2] != TUPLE and key != STATUS_KEY and (
-                    _data.is_data_value(value) or (status is not None and status.get(key))
+                    _data.is_data_value(value)
+                    or (status is not None and status.get(key) and (status is not _ALL_DATA or _is_number(value)))
                 ):
                     refs[key] = (VAR, add_data(frame[1], frame[2], key, (*keys, key)))
                     continue
@@ -643,7 +671,7 @@ def state(node: Any, *filters: filterlib.Filter) -> State | tuple[State, ...]:
     return states[0] if len(states) == 1 else tuple(states)
 
 
-def merge(graphdef: GraphDef, *states: State | Mapping) -> Any:
+def merge(graphdef: GraphDef, *states: State | Mapping, copy: bool = False, recreate_variables: bool = True) -> Any:
     """Build a new object graph from a :class:`GraphDef` and its States.
 
     The states together must hold exactly the graph's Variables: a missing or
@@ -655,8 +683,17 @@ def merge(graphdef: GraphDef, *states: State | Mapping) -> Any:
     >>> graphdef, state = nnx.split(nnx.Linear(2, 3, ctx=nnx.context(0)))
     >>> nnx.merge(graphdef, state).kernel.shape
     (2, 3)
+
+    ``copy=`` and ``recreate_variables=`` are flax's keywords: they are
+    accepted and change nothing, because an nnxlite State holds values, so
+    ``merge`` always creates fresh Variables (flax's ``copy=True``). A
+    flax-style ``GraphState`` (from :func:`nnxlite.unpack`) may stand for the
+    GraphDef and its State.
     """
     if not isinstance(graphdef, GraphDef):
+        inner = getattr(graphdef, "_graphdef", None)
+        if isinstance(inner, GraphDef):  # nnx.unpack's GraphState: (graphdef, state) in one
+            return merge(inner, graphdef, *states)
         raise TypeError(f"merge expects a GraphDef as first argument, got {type(graphdef).__name__}")
     return _build(graphdef, _gather_leaves(graphdef, states, "merge"))
 

@@ -174,3 +174,71 @@ def test_lazy_mapping_shapes_are_read_without_loading():
     with pytest.raises(tx.StateDictError, match="found shape \\(5, 3\\), expected \\(2, 3\\)"):
         tx.load_state_dict(model, lazy)
     assert Lazy.loaded == []  # the check needed no array
+
+
+def test_damaged_header_fields_are_caught_by_the_checkpoint_reader(tmp_path):
+    """One safetensors reader: a header whose tensors overlap is refused before anything is read."""
+    import json
+
+    data = np.arange(4, dtype=np.float32)
+    header = {"weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+              "bias": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}  # overlaps weight
+    raw = json.dumps(header).encode()
+    (tmp_path / "overlap.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + data.tobytes())
+    model = nnx.Linear(2, 2, ctx=nnx.context(0))
+    before = np.asarray(model.kernel.value).copy()
+    with pytest.raises(ValueError, match=r"overlap\.safetensors .*damaged.*'bias' starts at byte 8"):
+        tx.load_state_dict(model, tmp_path / "overlap.safetensors")
+    np.testing.assert_array_equal(model.kernel.value, before)
+
+
+def test_transformed_tensors_are_read_once(tmp_path, monkeypatch):
+    """The shape check after a rule's transform must not read the tensor a second time."""
+    from nnxlite.interop import _sources
+
+    model = nnx.Sequence([nnx.Linear(3, 2, ctx=nnx.context(0))])
+    w_in_out = np.arange(6, dtype=np.float32).reshape(3, 2)
+    other = nnx.Sequence([nnx.Linear(3, 2, ctx=nnx.context(1))])
+    other.layers[0].kernel.value = w_in_out
+    rules = [Rule(r"\.weight$", transform=np.transpose)]
+    tx.save_file(other, tmp_path / "m.safetensors", rules=rules)
+    reads: list[str] = []
+    real_read = _sources.SafetensorsSource.read
+    monkeypatch.setattr(_sources.SafetensorsSource, "read",
+                        lambda self, name, out=None: reads.append(name) or real_read(self, name, out))
+    tx.load_state_dict(model, tmp_path / "m.safetensors", rules=rules)
+    assert sorted(reads) == ["0.bias", "0.weight"]
+    np.testing.assert_array_equal(model.layers[0].kernel.value, w_in_out)
+    # A transform that needs real values still gets them (the stand-in fails, the tensor is read).
+    reads.clear()
+
+    def in_place(w):
+        w[...] = w * 1  # writes: impossible on the read-only stand-in
+        return w.T
+
+    tx.load_state_dict(model, tmp_path / "m.safetensors", rules=[Rule(r"\.weight$", transform=in_place)])
+    assert reads.count("0.weight") == 2
+    np.testing.assert_array_equal(model.layers[0].kernel.value, w_in_out)
+
+
+@pytest.mark.parametrize("stored", ["float32", "float16"])
+def test_converted_tensors_read_through_one_scratch_buffer_stay_distinct(tmp_path, stored):
+    """Transposed or cast tensors share one reused read buffer; every Variable must still get its own values."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    rng = np.random.RandomState(0)
+    arrays = {f"{i}.weight": rng.randn(5, 4).astype(stored) for i in range(3)}  # torch layout (out, in)
+    arrays.update({f"{i}.bias": rng.randn(5).astype(stored) for i in range(3)})
+    arrays["embed.weight"] = rng.randn(6, 4).astype(stored)  # same layout: adopted as read when float32
+    safetensors_numpy.save_file(arrays, str(tmp_path / "m.safetensors"))
+
+    class Net(nnx.Module):
+        def __init__(self, ctx):
+            self.layers = [nnx.Linear(4, 5, ctx=ctx) for _ in range(3)]
+            self.embed = nnx.Embed(6, 4, ctx=ctx)
+
+    model = Net(nnx.context(0))
+    tx.load_state_dict(model, tmp_path / "m.safetensors", rules=[Rule(r"^(\d)\.", r"layers.\1.")])
+    for i in range(3):
+        np.testing.assert_array_equal(model.layers[i].kernel.value, arrays[f"{i}.weight"].astype(np.float32).T)
+        np.testing.assert_array_equal(model.layers[i].bias.value, arrays[f"{i}.bias"].astype(np.float32))
+    np.testing.assert_array_equal(model.embed.embedding.value, arrays["embed.weight"].astype(np.float32))

@@ -15,7 +15,7 @@ import nnxlite as nnx  # noqa: E402
 from nnxlite import models  # noqa: E402
 from nnxlite.models import _generate  # noqa: E402
 
-from _model_parity import flat_grad, quiet_transformers, rel  # noqa: E402
+from _model_parity import check_eos_generation, flat_grad, quiet_transformers, rel  # noqa: E402
 
 VOCAB = 101
 
@@ -97,6 +97,11 @@ def test_greedy_generate_matches_transformers(reference):
     assert dict(_generate.TRACES) == traced
 
 
+def test_greedy_generate_stops_at_eos_like_transformers(reference):
+    hf, _, model = reference
+    check_eos_generation(hf, model, _ids(seq=5, seed=2))
+
+
 def test_greedy_generate_left_padded_batch(reference):
     hf, _, model = reference
     prompt, mask = _ids(seq=5, seed=3), np.ones((2, 5), np.int64)
@@ -138,6 +143,16 @@ def test_sampling_needs_an_rng(reference):
         model.generate(_ids(seq=3), max_new_tokens=2, do_sample=True)
     with pytest.raises(ValueError, match="top_k"):
         model.generate(_ids(seq=3), max_new_tokens=2, do_sample=True, top_k=0, rng=0)
+
+
+def test_bad_end_ids_are_refused(reference):
+    _, _, model = reference
+    with pytest.raises(ValueError, match="eos_token_id must be a token id"):
+        model.generate(_ids(seq=3), max_new_tokens=2, eos_token_id=-1)
+    with pytest.raises(ValueError, match="eos_token_id must be a token id"):
+        model.generate(_ids(seq=3), max_new_tokens=2, eos_token_id=[])
+    with pytest.raises(ValueError, match="pad_token_id must be a token id"):
+        model.generate(_ids(seq=3), max_new_tokens=2, eos_token_id=3, pad_token_id=-2)
 
 
 def test_too_long_for_learned_positions(reference):

@@ -17,7 +17,7 @@ import nnxlite as nnx  # noqa: E402
 from nnxlite import models  # noqa: E402
 from nnxlite.models import _generate  # noqa: E402
 
-from _model_parity import flat_grad, quiet_transformers, rel  # noqa: E402
+from _model_parity import check_eos_generation, flat_grad, quiet_transformers, rel  # noqa: E402
 
 VOCAB = 103
 SMALL = dict(
@@ -102,6 +102,11 @@ def test_llama_greedy_generate_matches_transformers(llama):
     assert _generate.TRACES["step"] - before <= 1  # traced at most once for 31 steps
     sampled = model.generate(prompt, max_new_tokens=32, do_sample=True, temperature=0.7, top_k=10, rng=nnx.context(0))
     assert sampled.shape == (2, 37) and _generate.TRACES["step"] - before <= 1
+
+
+def test_llama_greedy_generate_stops_at_eos_like_transformers(llama):
+    hf, _, model = llama
+    check_eos_generation(hf, model, _ids(seq=5, seed=2))
 
 
 def test_llama_save_pretrained_loads_in_transformers(llama, tmp_path):
