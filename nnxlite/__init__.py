@@ -24,6 +24,7 @@ from nnxlite.variables import (
     Intermediate,
     OptState,
     Param,
+    Perturbation,
     RngCount,
     RngKey,
     RngState,
@@ -79,6 +80,13 @@ from nnxlite.transforms import (
 )
 from nnxlite.transforms.lift_types import DiffState, StateAxes, StateSharding
 from nnxlite.transforms.modes import set_graph_mode, set_graph_updates
+
+# -- flax.nnx compatibility: capture/view/graph tools (docs helper) --
+from nnxlite._capture import capture
+from nnxlite.compat import traversals
+from nnxlite.compat.graph_tools import find_duplicates, recursive_map, set_metadata
+from nnxlite.compat.var_config import VarDefaults, use_eager_sharding, using_eager_sharding, var_defaults
+from nnxlite.view import vars_as, view, view_info, with_attributes, with_vars
 
 __version__ = "0.1.0"
 

@@ -53,15 +53,22 @@ class FlaxVariableMethods:
         """The Variable's type (``type(variable)``)."""
         return type(self)
 
+    # flax's Variable modes. nnxlite Variables are always plain Python boxes; the flags
+    # are metadata that ``nnx.with_vars`` / ``nnx.vars_as`` (or the constructor) record.
     @property
     def hijax(self) -> bool:
-        """Always False: nnxlite Variables are plain Python boxes."""
-        return False
+        """The ``hijax`` flag (metadata; default False). It does not change behaviour in nnxlite."""
+        return bool(self._metadata.get("hijax", False))
 
     @property
     def ref(self) -> bool:
-        """Always False: nnxlite Variables hold values, not array references."""
-        return False
+        """The ``ref`` flag (metadata; default False). It does not change behaviour in nnxlite."""
+        return bool(self._metadata.get("ref", False))
+
+    @property
+    def mutable(self) -> bool:
+        """The ``mutable`` flag (metadata; default True). It does not change behaviour in nnxlite."""
+        return bool(self._metadata.get("mutable", True))
 
     @property
     def required_metadata(self) -> tuple[str, ...]:

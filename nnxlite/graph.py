@@ -28,7 +28,7 @@ traversal is reused only when it is exactly right; value edits do not bump it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -56,6 +56,9 @@ __all__ = [
 ]
 
 Path = tuple[Any, ...]
+# flax.nnx's names for one path element and a whole path (``nnx.graph.Key``, ``nnx.graph.PathParts``).
+Key = Hashable
+PathParts = Path
 
 # How an attribute of a node is stored in a GraphDef.
 STATIC, VAR, NODE = 0, 1, 2

@@ -131,20 +131,51 @@ class Module(Pytree):
         )
         return self
 
-    def sow(self, variable_type: type[Variable], name: str, value: Any) -> None:
-        """Record ``value`` in ``self.<name>`` (a tuple of values in a Variable).
+    def sow(self, variable_type: type[Variable], name: str, value: Any,
+            reduce_fn: Any = None, init_fn: Any = None) -> bool:
+        """Record ``value`` under ``name``: by default appended to a tuple of values.
+
+        Inside :func:`nnxlite.capture` the value goes to the capture buffer of
+        exactly ``variable_type`` (and is dropped, returning False, if that
+        type is not being captured); outside it is kept in ``self.<name>``, a
+        ``variable_type`` Variable. ``reduce_fn(acc, value)`` and ``init_fn()``
+        change how values accumulate (flax's semantics).
 
         >>> import jax.numpy as jnp, nnxlite as nnx
         >>> m = nnx.Module()
         >>> m.sow(nnx.Intermediate, "acts", jnp.ones(2)); m.sow(nnx.Intermediate, "acts", jnp.zeros(2))
+        True
+        True
         >>> len(m.acts.value)
         2
+        >>> _ = m.sow(nnx.Intermediate, "total", 2.0, init_fn=lambda: 0.0, reduce_fn=lambda a, b: a + b)
+        >>> m.total.value
+        2.0
         """
-        existing = self.__dict__.get(name)
-        if isinstance(existing, variable_type):
-            existing.value = tuple(existing.value) + (value,)
-        else:
-            setattr(self, name, variable_type((value,)))
+        from nnxlite import _capture
+
+        return _capture.sow(
+            self, variable_type, name, value,
+            reduce_fn if reduce_fn is not None else _capture.tuple_reduce,
+            init_fn if init_fn is not None else _capture.tuple_init,
+        )
+
+    def perturb(self, name: str, value: Any, variable_type: type[Variable] | None = None) -> Any:
+        """Return ``value`` plus a zero perturbation whose gradient is the gradient of ``value``.
+
+        Use the returned value. Under ``nnx.capture(m, nnx.Perturbation)`` the
+        zeros are recorded; under ``nnx.capture(m, ..., init=perturbations)``
+        they are added back, so ``nnx.grad`` with respect to them gives the
+        intermediate gradients (see :func:`nnxlite.capture`).
+
+        >>> import jax.numpy as jnp, nnxlite as nnx
+        >>> nnx.Module().perturb("x", jnp.ones(2)).tolist()
+        [1.0, 1.0]
+        """
+        from nnxlite import _capture
+        from nnxlite.variables import Perturbation
+
+        return _capture.perturb(self, name, value, variable_type or Perturbation)
 
     # -- display -----------------------------------------------------------------------
     def __repr__(self) -> str:

@@ -39,6 +39,7 @@ __all__ = [
     "RngKey",
     "RngCount",
     "OptState",
+    "Perturbation",
 ]
 
 _EMPTY_METADATA: dict[str, Any] = {}
@@ -120,6 +121,10 @@ class Variable(FlaxVariableMethods, metaclass=_VariableMeta):
             if value._metadata:
                 metadata = {**value._metadata, **metadata}
             value = value.raw_value
+        if metadata and "out_sharding" in metadata:
+            from nnxlite.compat.var_config import place_by_out_sharding  # flax's eager sharding
+
+            value = place_by_out_sharding(value, metadata["out_sharding"])
         self.raw_value = value
         self._metadata = metadata if metadata else _EMPTY_METADATA
 
@@ -185,10 +190,16 @@ class Variable(FlaxVariableMethods, metaclass=_VariableMeta):
         try:
             return object.__getattribute__(self, "_metadata")[name]
         except KeyError:
-            raise AttributeError(
-                f"{type(self).__name__} has no attribute or metadata {name!r} "
-                f"(metadata keys: {sorted(self._metadata)}); set metadata with .set_metadata({name}=...)"
-            ) from None
+            pass
+        if not name.startswith("_"):  # then the value's own attributes (`param.sharding`), as in flax
+            try:
+                return getattr(object.__getattribute__(self, "raw_value"), name)
+            except AttributeError:
+                pass
+        raise AttributeError(
+            f"{type(self).__name__} has no attribute or metadata {name!r} "
+            f"(metadata keys: {sorted(self._metadata)}); set metadata with .set_metadata({name}=...)"
+        )
 
     # -- array-likeness ----------------------------------------------------
     # Make numpy defer `ndarray @ variable` to our reflected operators, which
@@ -228,6 +239,9 @@ class Variable(FlaxVariableMethods, metaclass=_VariableMeta):
     def __iter__(self):
         return iter(self.raw_value)
 
+    def __contains__(self, item) -> bool:
+        return item in self.raw_value
+
     def __getitem__(self, index):
         value = _read(self)
         if index is Ellipsis and not hasattr(value, "__getitem__"):  # variable[...] on a Python scalar
@@ -236,6 +250,9 @@ class Variable(FlaxVariableMethods, metaclass=_VariableMeta):
 
     def __setitem__(self, index, value):
         # Functional update of the held array, written back into this box.
+        if isinstance(self.raw_value, dict):  # a dict value (flax's capture buffers): copy on write
+            self.raw_value = {**self.raw_value, index: _unbox(value)}
+            return
         if index is Ellipsis and not hasattr(self.raw_value, "at"):  # a Python scalar or numpy value
             self.raw_value = value.raw_value if isinstance(value, Variable) else value
             return
@@ -516,6 +533,19 @@ class Intermediate(Variable):
     """Values a module records during a call (via ``Module.sow``)."""
 
 
+
+
+class Perturbation(Intermediate):
+    """A zero added to an intermediate value so its gradient can be read (``Module.perturb``).
+
+    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> class Model(nnx.Module):
+    ...     def __call__(self, x):
+    ...         return 3 * self.perturb("x", x)
+    >>> _, perturbations = nnx.capture(Model(), nnx.Perturbation)(jnp.ones(2))
+    >>> perturbations["x"].tolist()
+    [0.0, 0.0]
+    """
 
 
 class RngState(Variable):

@@ -204,7 +204,8 @@ def test_transformed_tensors_are_read_once(tmp_path, monkeypatch):
     tx.save_file(other, tmp_path / "m.safetensors", rules=rules)
     reads: list[str] = []
     real_read = _sources.SafetensorsSource.read
-    monkeypatch.setattr(_sources.SafetensorsSource, "read", lambda self, name: reads.append(name) or real_read(self, name))
+    monkeypatch.setattr(_sources.SafetensorsSource, "read",
+                        lambda self, name, out=None: reads.append(name) or real_read(self, name, out))
     tx.load_state_dict(model, tmp_path / "m.safetensors", rules=rules)
     assert sorted(reads) == ["0.bias", "0.weight"]
     np.testing.assert_array_equal(model.layers[0].kernel.value, w_in_out)
@@ -218,3 +219,26 @@ def test_transformed_tensors_are_read_once(tmp_path, monkeypatch):
     tx.load_state_dict(model, tmp_path / "m.safetensors", rules=[Rule(r"\.weight$", transform=in_place)])
     assert reads.count("0.weight") == 2
     np.testing.assert_array_equal(model.layers[0].kernel.value, w_in_out)
+
+
+@pytest.mark.parametrize("stored", ["float32", "float16"])
+def test_converted_tensors_read_through_one_scratch_buffer_stay_distinct(tmp_path, stored):
+    """Transposed or cast tensors share one reused read buffer; every Variable must still get its own values."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    rng = np.random.RandomState(0)
+    arrays = {f"{i}.weight": rng.randn(5, 4).astype(stored) for i in range(3)}  # torch layout (out, in)
+    arrays.update({f"{i}.bias": rng.randn(5).astype(stored) for i in range(3)})
+    arrays["embed.weight"] = rng.randn(6, 4).astype(stored)  # same layout: adopted as read when float32
+    safetensors_numpy.save_file(arrays, str(tmp_path / "m.safetensors"))
+
+    class Net(nnx.Module):
+        def __init__(self, ctx):
+            self.layers = [nnx.Linear(4, 5, ctx=ctx) for _ in range(3)]
+            self.embed = nnx.Embed(6, 4, ctx=ctx)
+
+    model = Net(nnx.context(0))
+    tx.load_state_dict(model, tmp_path / "m.safetensors", rules=[Rule(r"^(\d)\.", r"layers.\1.")])
+    for i in range(3):
+        np.testing.assert_array_equal(model.layers[i].kernel.value, arrays[f"{i}.weight"].astype(np.float32).T)
+        np.testing.assert_array_equal(model.layers[i].bias.value, arrays[f"{i}.bias"].astype(np.float32))
+    np.testing.assert_array_equal(model.embed.embedding.value, arrays["embed.weight"].astype(np.float32))

@@ -42,8 +42,13 @@ class Source:
     def shape(self, name: str) -> tuple[int, ...]:
         raise NotImplementedError
 
-    def read(self, name: str) -> np.ndarray:
+    def read(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
+        """The array ``name``; a source that reads files reads it into ``out`` when given (others ignore it)."""
         raise NotImplementedError
+
+    def dtype(self, name: str) -> np.dtype | None:
+        """The stored dtype, when known without reading (None otherwise)."""
+        return None
 
 
 class MappingSource(Source):
@@ -63,7 +68,7 @@ class MappingSource(Source):
         value = self.mapping[name]
         return tuple(value.shape if hasattr(value, "shape") else np.shape(value))
 
-    def read(self, name: str) -> np.ndarray:
+    def read(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
         return to_numpy(self.mapping[name])
 
 
@@ -101,10 +106,15 @@ class SafetensorsSource(Source):
         handle, header = self.where[name]
         return header.tensors[name].shape
 
-    def read(self, name: str) -> np.ndarray:
+    def dtype(self, name: str) -> np.dtype:
+        handle, header = self.where[name]
+        return fmt.CODE_DTYPES[header.tensors[name].code]
+
+    def read(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
         handle, header = self.where[name]
         info = header.tensors[name]
-        out = host_empty(info.shape, fmt.CODE_DTYPES[info.code])
+        if out is None:
+            out = host_empty(info.shape, fmt.CODE_DTYPES[info.code])
         try:
             fmt.read_into(handle, header, name, out.reshape(-1).view(np.uint8))
         except fmt.FormatError as err:
@@ -165,6 +175,8 @@ _ANONYMOUS_FLAGS = (
     if hasattr(mmap, "MAP_ANONYMOUS") else {}
 )
 
+_LAZY_FLAGS = {"flags": mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS} if hasattr(mmap, "MAP_ANONYMOUS") else {}
+
 
 def host_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialized array in its own anonymous memory map.
@@ -179,6 +191,45 @@ def host_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     dtype = np.dtype(dtype)
     count = math.prod(shape)
     buffer = mmap.mmap(-1, max(count * dtype.itemsize, 1), **_ANONYMOUS_FLAGS)
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
+
+
+class Scratch:
+    """One reusable host buffer for tensors that are converted (transposed, cast) after reading.
+
+    Such a tensor is copied anyway, so reading it into memory that is
+    already mapped saves populating fresh pages for it: only the converted
+    copy gets new memory. It grows to the largest tensor read into it.
+    """
+
+    def __init__(self):
+        self._buffer = np.empty(0, np.uint8)
+
+    def array(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > self._buffer.nbytes:
+            self._buffer = np.empty(0, np.uint8)  # free the old one before mapping the larger one
+            self._buffer = host_empty((nbytes,), np.uint8)
+        return self._buffer[:nbytes].view(dtype).reshape(shape)
+
+    def holds(self, array: np.ndarray) -> bool:
+        """Whether ``array`` may lie in the scratch buffer (then it must be copied before the next read)."""
+        return bool(self._buffer.nbytes) and np.may_share_memory(array, self._buffer)
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A zero array of any size that costs no memory until written.
+
+    Untouched pages of an anonymous map all read as the kernel's one zero
+    page, so running a layout conversion's views on it shows their strides
+    (does the result alias its input, is it contiguous?) without reading a
+    tensor or allocating one.
+    """
+    dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    # Read-only: a conversion that writes into its input fails on it (and the caller then plans for the worst).
+    buffer = mmap.mmap(-1, max(count * dtype.itemsize, 1), **_LAZY_FLAGS, prot=mmap.PROT_READ)
     return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from nnxlite import graph
 from nnxlite.interop._layouts import Slot, model_slots
 from nnxlite.interop._rules import Rule, apply_rules, check_invertible, invert_rules
-from nnxlite.interop._sources import copy_into, host_empty, open_source, to_torch
+from nnxlite.interop._sources import Scratch, copy_into, host_empty, lazy_zeros, open_source, to_torch
 from nnxlite.state import State, _fmt_path
 from nnxlite.variables import Variable
 
@@ -155,12 +155,20 @@ def load_state_dict(
 
         variables = {path: v for path, v in graph.iter_graph(model) if isinstance(v, Variable)}
         values: dict[tuple, Any] = {}
+        scratch = Scratch()
         for target, (name, applied) in matched.items():
             slot = slots[target]
-            array = _transformed(source.read(name), [r.transform for r in applied if r.transform is not None])
+            transforms = [r.transform for r in applied if r.transform is not None]
+            # A tensor that is converted (transposed, cast) is copied anyway: read it into reused memory.
+            into = None
+            if source.owns_arrays and not _adopted_as_read(slot, transforms, source, name, variables):
+                into = scratch.array(source.shape(name), source.dtype(name))
+            array = _transformed(source.read(name, into), transforms)
             for path, part in zip(slot.paths, slot.load(array)):
-                values[path] = _placed_like(part, variables[path].raw_value, may_alias=source.owns_arrays)
+                owned = source.owns_arrays and not (into is not None and scratch.holds(np.asarray(part)))
+                values[path] = _placed_like(part, variables[path].raw_value, may_alias=owned)
             del array  # one checkpoint tensor alive at a time
+        del scratch
     graph.update(model, State.from_flat(values))
     return LoadResult([s.name for s in missing], [u[0] for u in unexpected], ignored)
 
@@ -291,6 +299,30 @@ def _shape_after(transforms: list, source: Any, name: str) -> tuple[int, ...]:
         return tuple(np.shape(_transformed(standin, transforms)))
     except Exception:  # noqa: BLE001 - any failure means "needs the real array"
         return tuple(_transformed(source.read(name), transforms).shape)
+
+
+def _adopted_as_read(slot: Slot, transforms: list, source: Any, name: str, variables: dict) -> bool:
+    """Whether a Variable will adopt the very buffer ``name`` is read into (no conversion copies it).
+
+    Found by running the conversion on a lazy zero array of the stored shape
+    and dtype (views only: no memory, nothing read) and looking at the
+    result's memory. When unsure (a conversion that fails on it), True: the
+    tensor then gets a buffer of its own, which is always safe.
+    """
+    dtype = source.dtype(name)
+    if dtype is None:
+        return True
+    standin = lazy_zeros(source.shape(name), dtype)
+    try:
+        parts = slot.load(_transformed(standin, transforms))
+    except Exception:  # noqa: BLE001 - any failure means "plan for the worst"
+        return True
+    for path, part in zip(slot.paths, parts):
+        part = np.asarray(part)
+        if (np.may_share_memory(part, standin) and part.flags.c_contiguous
+                and part.dtype == variables[path].raw_value.dtype):
+            return True
+    return False
 
 
 def _placed_like(part: np.ndarray, old: Any, *, may_alias: bool) -> Any:

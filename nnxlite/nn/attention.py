@@ -503,6 +503,31 @@ class MultiHeadAttention(Module):
         )
         return self.out(x, out_sharding=out_sharding)
 
+    def set_view(
+        self,
+        deterministic: bool | None = None,
+        decode: bool | None = None,
+        batch_size: int | tuple[int, ...] | None = None,
+        max_length: int | None = None,
+    ):
+        """Settings for ``nnx.view``.
+
+        Args:
+          deterministic: if True, the module is set to deterministic mode.
+          decode: if True, the module is set to decode mode.
+          batch_size: the batch size to use for the cache.
+          max_length: the max length to use for the cache.
+        """
+        if deterministic is not None:
+            self.deterministic = deterministic
+        if decode is not None:
+            self.decode = decode
+            if decode and getattr(self, "cached_key", None) is None:
+                if batch_size is None or max_length is None:
+                    raise TypeError("set_view(decode=True): pass batch_size= and max_length= to create the cache.")
+                batch = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
+                self.init_cache((*batch, max_length, self.in_features), self.dtype or jnp.float32)
+
     def init_cache(self, input_shape: tuple[int, ...], dtype: Any = jnp.float32) -> None:
         """Create empty ``cached_key``/``cached_value`` and ``cache_index = 0`` (``nnx.Cache``) for decoding.
 

@@ -284,6 +284,16 @@ class BatchNorm(Module):
             self.var.value = m * self.var.value + (1 - m) * match(var, self.var.value)
         return _normalize(x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon)
 
+    def set_view(self, use_running_average: bool | None = None):
+        """Settings for ``nnx.view``.
+
+        Args:
+          use_running_average: if True, the stored batch statistics will be
+            used instead of computing the batch statistics on the input.
+        """
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+
 
 class LayerNorm(Module):
     """Layer normalization: normalize each example over its feature axis.

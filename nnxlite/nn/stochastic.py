@@ -96,6 +96,15 @@ class Dropout(Module):
         mask = jnp.broadcast_to(bernoulli(key, keep, tuple(shape)), x.shape)
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
+    def set_view(self, deterministic: bool | None = None):
+        """Settings for ``nnx.view``.
+
+        Args:
+          deterministic: if True, disables dropout masking.
+        """
+        if deterministic is not None:
+            self.deterministic = deterministic
+
 
 def _forked_stream(rngs: Context | RngStream | None, stream: str) -> RngStream | None:
     """flax.nnx's ``rngs[stream].fork()`` (an RngStream is forked itself); None stays None."""

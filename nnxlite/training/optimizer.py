@@ -146,7 +146,7 @@ class Optimizer(Module):
 
         Both spellings work: ``optimizer.update(grads)`` and flax.nnx's
         ``optimizer.update(model, grads)`` (the model must be the one the
-        optimizer was created with).
+        optimizer was created with, or a view of it that holds the same Variables).
 
         Args:
           grads: the gradients, as returned by ``nnx.grad(..., wrt=<the same
@@ -205,7 +205,7 @@ class Optimizer(Module):
             return args[0]
         if len(args) == 2:
             model, grads = args
-            if model is not self.model:
+            if model is not self.model and not self._same_params(model):
                 raise ValueError(
                     f"Optimizer.update(model, grads): this optimizer was created for a different "
                     f"{type(self.model).__name__} object than the {type(model).__name__} passed; pass the model "
@@ -215,6 +215,16 @@ class Optimizer(Module):
         raise TypeError(
             f"Optimizer.update takes (grads) or (model, grads), got {len(args)} positional arguments."
         )
+
+    def _same_params(self, model: Any) -> bool:
+        """Does ``model`` hold the very Variables this optimizer trains (a view: ``nnx.view(model, ...)``)?"""
+        try:
+            flat = graph._flat(model)
+        except TypeError:
+            return False
+        buckets, _ = graph._groups(flat, (self.wrt,), False)
+        mine = self._plan().param_vars
+        return len(buckets[0]) == len(mine) and all(flat.variables[j] is v for j, v in zip(buckets[0], mine))
 
     def optax_state(self) -> Any:
         """The optax state as optax sees it (the pytree ``tx.init`` returned), rebuilt from the Variables.
