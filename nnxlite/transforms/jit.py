@@ -382,8 +382,15 @@ class _Jitted:
                 for i, s in static_items:
                     args[i] = s
                 kwargs = dict(kwargs, **dict(static_kw))
+            epoch = _epoch._current
             out = fun(*args, **kwargs)
-            aligned, extra, out, meta = _leave(pre, roots, out, leaves)
+            if pre is not None and _epoch._current == epoch and not _holds_node(out):
+                # No structural edit anywhere while the function ran (it would have moved the
+                # epoch), so the graph is still the one built on entry: read its Variables
+                # instead of walking it again (a second full traversal at trace time).
+                aligned, extra, meta = [v.raw_value for v in pre.variables], [], None
+            else:
+                aligned, extra, out, meta = _leave(pre, roots, out, leaves)
             # Only Variables whose value the function replaced travel out: an output that *is*
             # the input tracer is unchanged, so an inference call returns no state at all.
             # Donated ones always come back (their input buffers are consumed).
@@ -434,6 +441,11 @@ class _Jitted:
             [variables[j].raw_value for j in comp.keep_idx],
             *inputs.others,
         )
+
+
+def _holds_node(out: Any) -> bool:
+    """Does a function's output contain a module (or another graph node) anywhere?"""
+    return any(_is_node(x) for x in jax.tree_util.tree_leaves(out, is_leaf=_is_node))
 
 
 def _has_layout(x: Any, sharding: Any) -> bool:
