@@ -124,6 +124,6 @@ def test_scan_creating_a_stack_and_pmap_accept_transform_metadata():
     assert float(total) == 3.0 and stack.shape == (3, 2) and stack.out_sharding == ("layers", "embed")
     n = jax.local_device_count()
     made = nnx.pmap(
-        lambda x: nnx.Param(x * jnp.ones(2), out_sharding=("embed",)), transform_metadata={nnx.PARTITION_NAME: "dev"}
+        lambda x: nnx.Param(x * jnp.ones(2), sharding=("embed",)), transform_metadata={nnx.PARTITION_NAME: "dev"}
     )(jnp.ones(n))
-    assert made.shape == (n, 2) and made.out_sharding == ("dev", "embed")
+    assert made.shape == (n, 2) and made.sharding == ("dev", "embed")

@@ -1,9 +1,9 @@
-"""``nnx.eval_shape``, ``nnx.checkify``, ``nnx.make_jaxpr``: abstract evaluation, checked execution and tracing of functions of modules."""
+"""``nnx.eval_shape`` and ``nnx.checkify``: abstract evaluation and checked execution of functions of modules."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -11,7 +11,7 @@ import jax
 from nnxlite.transforms._lift import _KEEP, _apply, _finish, _Inputs, _pure
 from nnxlite.transforms.modes import check_mode
 
-__all__ = ["eval_shape", "checkify", "make_jaxpr"]
+__all__ = ["eval_shape", "checkify"]
 
 
 def eval_shape(f: Callable, *args: Any, graph: bool | None = None, graph_updates: bool | None = None, **kwargs: Any) -> Any:
@@ -81,46 +81,3 @@ def checkify(
 
     return wrapper
 
-
-def make_jaxpr(
-    f: Callable | None = None,
-    *,
-    graph: bool | None = None,
-    graph_updates: bool | None = None,
-    static_argnums: int | Sequence[int] = (),
-) -> Callable:
-    """``jax.make_jaxpr`` for functions of modules: the jaxpr JAX traces (inputs: state, then arrays).
-
-    The jaxpr's inputs are the Variables' values of the module arguments (in
-    traversal order) followed by the other array leaves; nothing is run and
-    the modules are not modified. ``static_argnums`` arguments are passed
-    through as Python values.
-
-    >>> import jax.numpy as jnp, nnxlite as nnx
-    >>> model = nnx.Linear(2, 3, ctx=nnx.context(0))
-    >>> jaxpr = nnx.make_jaxpr(lambda m, x: m(x))(model, jnp.ones((1, 2)))
-    >>> len(jaxpr.jaxpr.invars), "dot_general" in str(jaxpr)
-    (3, True)
-    """
-    if f is None:
-        return functools.partial(make_jaxpr, graph=graph, graph_updates=graph_updates, static_argnums=static_argnums)
-    check_mode(graph, graph_updates, "nnx.make_jaxpr")
-    statics = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        n = len(args)
-        fixed = {i % n: args[i % n] for i in statics if -n <= i < n}
-        dargs = tuple(None if i in fixed else a for i, a in enumerate(args))
-        inputs = _Inputs(dargs, kwargs)
-
-        def put_static(a, kw):
-            a = list(a)
-            for i, s in fixed.items():
-                a[i] = s
-            return tuple(a), kw
-
-        run = _pure(f, inputs, static=put_static if fixed else None)
-        return jax.make_jaxpr(lambda state, others: run(state, others)[2])(inputs.leaves(), inputs.others)
-
-    return wrapper
