@@ -51,7 +51,6 @@ def test_transforms_package_reexports_the_public_names():
         "jvp": autodiff.jvp,
         "vjp": autodiff.vjp,
         "custom_vjp": autodiff.custom_vjp,
-        "CustomVjp": autodiff.CustomVjp,
         "eval_shape": shapes.eval_shape,
         "checkify": shapes.checkify,
         "Carry": _lift.Carry,
