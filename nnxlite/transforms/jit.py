@@ -26,6 +26,7 @@ from nnxlite.transforms.modes import check_mode
 from nnxlite.transforms._lift import (
     _apply,
     _call_entries,
+    _check_shared_entries,
     _enter,
     _explain_leak,
     _KEEP,
@@ -420,6 +421,11 @@ class _Jitted:
             _sharding_for(entries[root_pos[p[0]]], p[1:], v, lookup)
             for p, v in zip(inputs.flat.graphdef.paths, inputs.flat.variables)
         ] if inputs.flat is not None else []
+        if inputs.flat is not None and spec is not None:
+            _check_shared_entries(
+                inputs, entries, var_sh, lambda e, rel, v: _sharding_for(e, rel, v, lookup), "nnx.jit in_shardings",
+                kind="sharding", unset=None,
+            )
         others_sh = [s for s, m in zip(entries, inputs.mask) if not m]
         in_s = ([var_sh[j] for j in don_idx], [var_sh[j] for j in keep_idx], *others_sh)
         return in_s, var_sh
