@@ -73,6 +73,7 @@ from nnxlite.transforms import (
     scan,
     shard_map,
     switch,
+    transform_metadata,
     value_and_grad,
     vjp,
     vmap,
