@@ -31,6 +31,7 @@ from typing import Any
 import jax
 
 from nnxlite import filters as filterlib
+from nnxlite._state_flax import FlaxStateMethods
 from nnxlite.variables import Variable, _make
 
 __all__ = ["State", "StateStructure", "path_sort_key"]
@@ -95,7 +96,7 @@ class StateStructure:
         return f"StateStructure({len(self.paths)} paths)"
 
 
-class State(Mapping):
+class State(FlaxStateMethods, Mapping):
     """A pytree of state values keyed by path; see the module docstring.
 
     Construct one from a nested dict (``State({'w': x, 'sub': {'b': y}})``),
