@@ -392,3 +392,15 @@ def test_initializers_take_out_sharding_and_linear_exposes_its_defaults(nnx):
     assert x.sharding.spec == P(None, "model")
     np.testing.assert_array_equal(x, init(key, (4, 2)))  # same values
     assert nnx.nn.linear.default_kernel_init(key, (3, 2)).shape == (3, 2)
+
+
+def test_abstract_state_leaves_are_edited_through_value(nnx):
+    abs_model = nnx.eval_shape(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    _, abs_state = nnx.split(abs_model)
+    assert abs_state["kernel"].shape == (2, 3)
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(1))
+    abs_state["kernel"].value = model.kernel.value
+    abs_state["bias"].value = model.bias.value
+    nnx.update(abs_model, abs_state)
+    x = jnp.ones((1, 2))
+    np.testing.assert_allclose(abs_model(x), model(x))
