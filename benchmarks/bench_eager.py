@@ -4,15 +4,17 @@ The beginner's first loop (nnxlite issue 12): an MLP ``Linear`` 64→128→128�
 with ReLU, batch 32, float32, CPU, no ``jit`` anywhere. Two cases:
 
 * **forward** — ``model(x)``: nnxlite layers against the same ``jnp`` ops on
-  the same arrays (``x @ W + b``, ``relu``), flax.nnx layers and PyTorch;
+  the same arrays (``x @ W + b``, ``relu``), flax.nnx and Equinox layers and
+  PyTorch;
 * **training step** — value and gradient of a softmax cross-entropy loss
   plus an Adam update: pure JAX (``jax.value_and_grad`` + ``optax`` run
   eagerly), nnxlite (``nnx.value_and_grad`` + ``optimizer.update``: with the
   optax step run op by op, with it compiled (the default), and with the
   gradient compiled too, an idea measured here but not shipped because it
   would run the user's loss function only once per trace), the ``nnx.jit``
-  step for reference, flax.nnx and PyTorch (``loss.backward()`` +
-  ``torch.optim.Adam``).
+  step for reference, flax.nnx (``nnx.value_and_grad`` + its
+  ``Optimizer.update``), Equinox (``eqx.filter_value_and_grad`` + optax,
+  eagerly) and PyTorch (``loss.backward()`` + ``torch.optim.Adam``).
 
 Variants are interleaved: each round times ``--calls`` calls of each in
 turn; the table reports the median over rounds of (variant / reference in
@@ -23,11 +25,9 @@ Run: ``python benchmarks/bench_eager.py [--rounds 9] [--calls 50] [--quick]``.
 
 from __future__ import annotations
 
-import argparse
-import platform
 import statistics
-import time
 
+import _bench  # noqa: F401  (first: puts this checkout's nnxlite on the path)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +55,39 @@ def pure_forward(p, x):
     return x @ p["out"]["kernel"] + p["out"]["bias"]
 
 
+def flax_mlp(fnnx):
+    class FMLP(fnnx.Module):
+        def __init__(self, rngs):
+            self.fc1 = fnnx.Linear(SIZES[0], SIZES[1], rngs=rngs)
+            self.fc2 = fnnx.Linear(SIZES[1], SIZES[2], rngs=rngs)
+            self.out = fnnx.Linear(SIZES[2], SIZES[3], rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(jax.nn.relu(self.fc2(jax.nn.relu(self.fc1(x)))))
+
+    return FMLP(fnnx.Rngs(0))
+
+
+def eqx_mlp(eqx):
+    """Equinox layers act on one example: batched with ``jax.vmap``, as Equinox code does."""
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+
+    class EMLP(eqx.Module):
+        fc1: eqx.nn.Linear
+        fc2: eqx.nn.Linear
+        out: eqx.nn.Linear
+
+        def __init__(self):
+            self.fc1 = eqx.nn.Linear(SIZES[0], SIZES[1], key=keys[0])
+            self.fc2 = eqx.nn.Linear(SIZES[1], SIZES[2], key=keys[1])
+            self.out = eqx.nn.Linear(SIZES[2], SIZES[3], key=keys[2])
+
+        def __call__(self, x):
+            return self.out(jax.nn.relu(self.fc2(jax.nn.relu(self.fc1(x)))))
+
+    return EMLP()
+
+
 def data():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(BATCH, SIZES[0])).astype(np.float32))
@@ -67,22 +100,14 @@ def forward_variants() -> dict:
     model = MLP(ctx=nnx.context(0))
     params = nnx.state(model).to_pure_dict()
     v = {"pure JAX (same jnp ops)": lambda: pure_forward(params, x), "nnxlite layers": lambda: model(x)}
-    try:
-        from flax import nnx as fnnx
-
-        class FMLP(fnnx.Module):
-            def __init__(self, rngs):
-                self.fc1 = fnnx.Linear(SIZES[0], SIZES[1], rngs=rngs)
-                self.fc2 = fnnx.Linear(SIZES[1], SIZES[2], rngs=rngs)
-                self.out = fnnx.Linear(SIZES[2], SIZES[3], rngs=rngs)
-
-            def __call__(self, x):
-                return self.out(jax.nn.relu(self.fc2(jax.nn.relu(self.fc1(x)))))
-
-        fmodel = FMLP(fnnx.Rngs(0))
+    fnnx = _bench.optional("flax.nnx")
+    if fnnx is not None:
+        fmodel = flax_mlp(fnnx)
         v["flax.nnx layers"] = lambda: fmodel(x)
-    except ImportError:
-        pass
+    eqx = _bench.optional("equinox")
+    if eqx is not None:
+        batched = jax.vmap(eqx_mlp(eqx))
+        v["Equinox layers (jax.vmap)"] = lambda: batched(x)
     torch = _torch()
     if torch is not None:
         tmodel, tx = _torch_model(torch), torch.from_numpy(np.array(x))
@@ -160,19 +185,9 @@ def step_variants() -> dict:
         return loss
 
     v["nnxlite nnx.jit step (reference)"] = lambda: jit_step(jm, jopt, x, y)
-    try:
-        from flax import nnx as fnnx
-
-        class FMLP(fnnx.Module):
-            def __init__(self, rngs):
-                self.fc1 = fnnx.Linear(SIZES[0], SIZES[1], rngs=rngs)
-                self.fc2 = fnnx.Linear(SIZES[1], SIZES[2], rngs=rngs)
-                self.out = fnnx.Linear(SIZES[2], SIZES[3], rngs=rngs)
-
-            def __call__(self, x):
-                return self.out(jax.nn.relu(self.fc2(jax.nn.relu(self.fc1(x)))))
-
-        fmodel = FMLP(fnnx.Rngs(0))
+    fnnx = _bench.optional("flax.nnx")
+    if fnnx is not None:
+        fmodel = flax_mlp(fnnx)
         fopt = fnnx.Optimizer(fmodel, tx, wrt=fnnx.Param)
 
         def run_flax():
@@ -181,8 +196,18 @@ def step_variants() -> dict:
             return loss
 
         v["flax.nnx eager"] = run_flax
-    except ImportError:
-        pass
+    eqx = _bench.optional("equinox")
+    if eqx is not None:
+        ebox = [eqx_mlp(eqx)]
+        ebox.append(tx.init(eqx.filter(ebox[0], eqx.is_array)))
+
+        def run_eqx():
+            loss, grads = eqx.filter_value_and_grad(lambda m: ce(jax.vmap(m)(x), y))(ebox[0])
+            updates, ebox[1] = tx.update(grads, ebox[1], eqx.filter(ebox[0], eqx.is_array))
+            ebox[0] = eqx.apply_updates(ebox[0], updates)
+            return loss
+
+        v["Equinox eager (filter_value_and_grad + optax)"] = run_eqx
     torch = _torch()
     if torch is not None:
         tmodel = _torch_model(torch)
@@ -201,31 +226,10 @@ def step_variants() -> dict:
     return v
 
 
-def _sync(out):
-    if hasattr(out, "block_until_ready"):
-        out.block_until_ready()
-
-
 def measure(variants: dict, rounds: int, calls: int) -> tuple[dict, dict]:
-    for run in variants.values():
-        for _ in range(3):
-            _sync(run())
-    names = list(variants)
-    ratios = {n: [] for n in names}
-    rates = {n: [] for n in names}
-    for r in range(rounds):
-        times = {}
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            run = variants[name]
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                out = run()
-            _sync(out)
-            times[name] = (time.perf_counter() - t0) / calls
-        for n in names:
-            ratios[n].append(times[n] / times[names[0]])
-            rates[n].append(1.0 / times[n])
-    return {n: statistics.median(v) for n, v in ratios.items()}, {n: statistics.median(v) for n, v in rates.items()}
+    """Median ratios to the first variant, and median calls per second."""
+    times = _bench.interleave(variants, rounds, calls)
+    return _bench.median_ratios(times), {n: 1.0 / statistics.median(t) for n, t in times.items()}
 
 
 def table(title: str, variants: dict, rounds: int, calls: int, unit: str) -> None:
@@ -237,16 +241,11 @@ def table(title: str, variants: dict, rounds: int, calls: int, unit: str) -> Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (the median is reported)")
-    parser.add_argument("--calls", type=int, default=50, help="calls per variant per round")
-    parser.add_argument("--quick", action="store_true", help="few rounds and calls (smoke run)")
-    args = parser.parse_args()
+    args = _bench.parser(__doc__.splitlines()[0], rounds=9, calls=50).parse_args()
     if args.quick:
         args.rounds, args.calls = 3, 10
-    print(f"# eager digits MLP {'→'.join(map(str, SIZES))}, batch {BATCH} — "
-          f"{platform.machine()}, {jax.devices()[0].platform}, jax {jax.__version__}, nnxlite {nnx.__version__}")
+    print(_bench.header(f"eager digits MLP {'→'.join(map(str, SIZES))}, batch {BATCH}",
+                        ("jax", "optax", "nnxlite", "flax", "equinox", "torch")))
     table("Eager forward", forward_variants(), args.rounds, args.calls, "calls")
     table("Eager training step", step_variants(), args.rounds, args.calls, "steps")
     print(f"\nMedian over {args.rounds} interleaved rounds of {args.calls} calls; PyTorch on 1 thread. "

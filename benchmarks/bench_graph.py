@@ -13,11 +13,10 @@ appear when flax is installed.
 from __future__ import annotations
 
 import argparse
-import platform
+import _bench  # noqa: F401  (first: puts this checkout's nnxlite on the path)
 import timeit
 
 import jax
-import jax.numpy as jnp
 
 import nnxlite as nnx
 
@@ -96,8 +95,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     args = parser.parse_args()
-    print(f"# split/merge overhead — {platform.processor() or platform.machine()}, "
-          f"jax {jax.__version__}, nnxlite {nnx.__version__}")
+    print(_bench.header("split/merge overhead", ("jax", "nnxlite", "flax")))
     table = {n: measure(n, 3 if args.quick else max(5, 20000 // n)) for n in args.sizes}
     names = list(next(iter(table.values())))
     print("\n| case | " + " | ".join(f"{n} layers ({2 * n} leaves)" for n in args.sizes) + " |")

@@ -28,20 +28,24 @@ leaves each) that changes no Variable, at 200, 1,000 and 4,000 leaves:
 * **nnxlite** — ``nnx.jit(lambda m, x: m(x))(model, x)``;
 * **flax.nnx** (graph and tree mode) and **Equinox** ``eqx.filter_jit``.
 
-A third table gives the first-call (trace + compile) time of a function
-that reads every leaf once (the mean of each, summed) at ``--compile-leaves``
-leaves, for nnxlite against ``jax.jit`` reading the same arrays.
+Two more tables give first-call times (trace + lower + compile + run) on
+that chain, ``jax.jit(lambda st, x: f(nnx.merge(gd, st), x))`` reading the
+same state against ``nnx.jit(f)``, and ``nnx.jit(f)`` again after one leaf is
+appended to the model (a new structure: a fresh trace and compile). At
+``--compile-leaves`` (default 20,000) ``f`` runs only the last layer, so
+every leaf is an input but XLA has almost nothing to compile: the table
+shows the frameworks' own cost. At ``--compile-chain-leaves`` (default
+2,000) ``f`` is the whole forward, where XLA's compile dominates (a
+20,000-leaf chain takes XLA over 15 minutes on a 2-core CPU).
 
 Run: ``python benchmarks/bench_jit.py [--depths 2 8 24] [--leaves 200 1000 4000] [--rounds 15] [--quick]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import platform
 import statistics
-import time
 
+import _bench  # noqa: F401  (first: puts this checkout's nnxlite on the path)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,75 +53,111 @@ import optax
 
 import nnxlite as nnx
 
-WIDTH, BATCH = 32, 8
+WIDTH, BATCH = 32, 8  # the training-step MLP
+IN_WIDTH, IN_BATCH = 16, 8  # the inference chain
 
 
-class MLP(nnx.Module):
-    def __init__(self, depth: int, *, ctx: nnx.Context):
-        self.layers = [nnx.Linear(WIDTH, WIDTH, ctx=ctx) for _ in range(depth)]
+# -- the same stack of Linear layers in each framework ------------------------------------------
+class Stack(nnx.Module):
+    """``n`` ``Linear(width, width)`` layers, with ReLU between them when ``relu``."""
+
+    def __init__(self, n: int, width: int, relu: bool, *, ctx: nnx.Context):
+        self.layers = [nnx.Linear(width, width, ctx=ctx) for _ in range(n)]
+        self.relu = relu
 
     def __call__(self, x):
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x)
-            if i < len(self.layers) - 1:
+            if self.relu and i < last:
                 x = jax.nn.relu(x)
         return x
 
 
-def pure_forward(params: dict, x):
+def pure_forward(params, x, relu: bool = True):
+    """The same forward over ``params[i] = {"kernel", "bias"}`` (a list, or a dict keyed 0..n-1)."""
     n = len(params)
     for i in range(n):
         x = x @ params[i]["kernel"] + params[i]["bias"]
-        if i < n - 1:
+        if relu and i < n - 1:
             x = jax.nn.relu(x)
     return x
 
 
+def flax_stack(fnnx, n: int, width: int, relu: bool):
+    class FStack(fnnx.Module):
+        def __init__(self, rngs):
+            self.layers = fnnx.List([fnnx.Linear(width, width, rngs=rngs) for _ in range(n)])
+
+        def __call__(self, x):
+            for i, layer in enumerate(self.layers):
+                x = layer(x)
+                if relu and i < n - 1:
+                    x = jax.nn.relu(x)
+            return x
+
+    return FStack(fnnx.Rngs(0))
+
+
+def eqx_stack(eqx, n: int, width: int, relu: bool):
+    class EStack(eqx.Module):
+        layers: list
+
+        def __init__(self, key):
+            self.layers = [eqx.nn.Linear(width, width, key=k) for k in jax.random.split(key, n)]
+
+        def __call__(self, x):
+            for i, layer in enumerate(self.layers):
+                x = x @ layer.weight.T + layer.bias
+                if relu and i < n - 1:
+                    x = jax.nn.relu(x)
+            return x
+
+    return EStack(jax.random.PRNGKey(0))
+
+
+def boxed(step, *state):
+    """A zero-argument call of a functional ``step(*state) -> (*new_state, out)`` that keeps its state."""
+    box = list(state)
+
+    def run():
+        *new, out = step(*box)
+        box[:] = new
+        return out
+
+    return run
+
+
+# -- training step -------------------------------------------------------------------------------
 def make_variants(depth: int) -> dict:
     """Each variant: a zero-argument callable doing one step (state kept between calls)."""
     tx = optax.adam(1e-3)
     x = jax.random.normal(jax.random.PRNGKey(1), (BATCH, WIDTH))
     y = jax.random.normal(jax.random.PRNGKey(2), (BATCH, WIDTH))
-    variants = {}
 
-    # -- pure JAX ----------------------------------------------------------------------
-    model = MLP(depth, ctx=nnx.context(0))
+    variants = {}
+    model = Stack(depth, WIDTH, True, ctx=nnx.context(0))
     params = {i: {"kernel": l.kernel.value, "bias": l.bias.value} for i, l in enumerate(model.layers)}
     opt_state = tx.init(params)
 
     @jax.jit
-    def pure_step(params, opt_state, x, y):
+    def pure_step(params, opt_state):
         loss, grads = jax.value_and_grad(lambda p: jnp.mean((pure_forward(p, x) - y) ** 2))(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    pure_box = [params, opt_state]
+    variants["pure JAX (jax.jit, dict params)"] = boxed(pure_step, params, opt_state)
 
-    def run_pure():
-        pure_box[0], pure_box[1], loss = pure_step(pure_box[0], pure_box[1], x, y)
-        return loss
-
-    variants["pure JAX (jax.jit, dict params)"] = run_pure
-
-    # -- hand-flattened leaf list -------------------------------------------------------
     leaves, treedef = jax.tree_util.tree_flatten((params, opt_state))
 
     @jax.jit
-    def leaf_step(leaves, x, y):
-        p, o = jax.tree_util.tree_unflatten(treedef, leaves)
-        p, o, loss = pure_step.__wrapped__(p, o, x, y)
+    def leaf_step(leaves):
+        p, o, loss = pure_step.__wrapped__(*jax.tree_util.tree_unflatten(treedef, leaves))
         return jax.tree_util.tree_leaves((p, o)), loss
 
-    leaf_box = [leaves]
+    variants["hand-flattened leaf list"] = boxed(leaf_step, leaves)
 
-    def run_leaf():
-        leaf_box[0], loss = leaf_step(leaf_box[0], x, y)
-        return loss
-
-    variants["hand-flattened leaf list"] = run_leaf
-
-    # -- nnxlite --------------------------------------------------------------------------
-    nmodel = MLP(depth, ctx=nnx.context(0))
+    nmodel = Stack(depth, WIDTH, True, ctx=nnx.context(0))
     noptimizer = nnx.Optimizer(nmodel, tx)
 
     @nnx.jit
@@ -128,35 +168,20 @@ def make_variants(depth: int) -> dict:
 
     variants["nnxlite nnx.jit"] = lambda: nnx_step(nmodel, noptimizer, x, y)
 
-    # -- flax.nnx -------------------------------------------------------------------------
-    try:
-        from flax import nnx as fnnx
-    except ImportError:
-        fnnx = None
+    fnnx = _bench.optional("flax.nnx")
     if fnnx is not None:
-
-        class FMLP(fnnx.Module):
-            def __init__(self, depth, rngs):
-                self.layers = fnnx.List([fnnx.Linear(WIDTH, WIDTH, rngs=rngs) for _ in range(depth)])
-
-            def __call__(self, x):
-                for i, layer in enumerate(self.layers):
-                    x = layer(x)
-                    if i < len(self.layers) - 1:
-                        x = jax.nn.relu(x)
-                return x
 
         def flax_step(model, optimizer, x, y):
             loss, grads = fnnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
             optimizer.update(model, grads)
             return loss
 
-        fmodel = FMLP(depth, fnnx.Rngs(0))
+        fmodel = flax_stack(fnnx, depth, WIDTH, True)
         fopt = fnnx.Optimizer(fmodel, tx, wrt=fnnx.Param)
         fjit = fnnx.jit(flax_step)
         variants["flax.nnx nnx.jit (graph mode)"] = lambda: fjit(fmodel, fopt, x, y)
         try:
-            tmodel = FMLP(depth, fnnx.Rngs(0))
+            tmodel = flax_stack(fnnx, depth, WIDTH, True)
             topt = fnnx.Optimizer(tmodel, tx, wrt=fnnx.Param)
             tjit = fnnx.jit(flax_step, graph=False)
             tjit(tmodel, topt, x, y)
@@ -164,73 +189,29 @@ def make_variants(depth: int) -> dict:
         except Exception:  # older flax without tree mode
             pass
 
-    # -- Equinox --------------------------------------------------------------------------
-    try:
-        import equinox as eqx
-    except ImportError:
-        eqx = None
+    eqx = _bench.optional("equinox")
     if eqx is not None:
-
-        class EMLP(eqx.Module):
-            layers: list
-
-            def __init__(self, depth, key):
-                keys = jax.random.split(key, depth)
-                self.layers = [eqx.nn.Linear(WIDTH, WIDTH, key=k) for k in keys]
-
-            def __call__(self, x):
-                for i, layer in enumerate(self.layers):
-                    x = x @ layer.weight.T + layer.bias
-                    if i < len(self.layers) - 1:
-                        x = jax.nn.relu(x)
-                return x
-
-        emodel = EMLP(depth, jax.random.PRNGKey(0))
-        eopt = tx.init(eqx.filter(emodel, eqx.is_array))
+        emodel = eqx_stack(eqx, depth, WIDTH, True)
 
         @eqx.filter_jit
-        def eqx_step(model, opt_state, x, y):
+        def eqx_step(model, opt_state):
             loss, grads = eqx.filter_value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
             updates, opt_state = tx.update(grads, opt_state, eqx.filter(model, eqx.is_array))
             return eqx.apply_updates(model, updates), opt_state, loss
 
-        ebox = [emodel, eopt]
-
-        def run_eqx():
-            ebox[0], ebox[1], loss = eqx_step(ebox[0], ebox[1], x, y)
-            return loss
-
-        variants["Equinox eqx.filter_jit"] = run_eqx
+        variants["Equinox eqx.filter_jit"] = boxed(eqx_step, emodel, tx.init(eqx.filter(emodel, eqx.is_array)))
     return variants
 
 
-IN_WIDTH, IN_BATCH = 16, 8
-
-
-class Chain(nnx.Module):
-    def __init__(self, n_layers: int, *, ctx: nnx.Context):
-        self.layers = [nnx.Linear(IN_WIDTH, IN_WIDTH, ctx=ctx) for _ in range(n_layers)]
-
-    def __call__(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-
-def chain_forward(params: list, x):
-    for p in params:
-        x = x @ p["kernel"] + p["bias"]
-    return x
-
-
+# -- inference call --------------------------------------------------------------------------------
 def make_inference_variants(n_leaves: int) -> dict:
     """Each variant: a zero-argument callable doing one jitted forward that changes nothing."""
     n_layers = n_leaves // 2
     x = jax.random.normal(jax.random.PRNGKey(1), (IN_BATCH, IN_WIDTH))
-    model = Chain(n_layers, ctx=nnx.context(0))
+    model = Stack(n_layers, IN_WIDTH, False, ctx=nnx.context(0))
     params = [{"kernel": l.kernel.value, "bias": l.bias.value} for l in model.layers]
     variants = {}
-    pure = jax.jit(chain_forward)
+    pure = jax.jit(lambda p, x: pure_forward(p, x, relu=False))
     variants["pure JAX (jax.jit, list of dicts)"] = lambda: pure(params, x)
 
     gd, state = nnx.split(model)
@@ -240,22 +221,9 @@ def make_inference_variants(n_leaves: int) -> dict:
     nfwd = nnx.jit(lambda m, x: m(x))
     variants["nnxlite nnx.jit"] = lambda: nfwd(model, x)
 
-    try:
-        from flax import nnx as fnnx
-    except ImportError:
-        fnnx = None
+    fnnx = _bench.optional("flax.nnx")
     if fnnx is not None:
-
-        class FChain(fnnx.Module):
-            def __init__(self, n, rngs):
-                self.layers = fnnx.List([fnnx.Linear(IN_WIDTH, IN_WIDTH, rngs=rngs) for _ in range(n)])
-
-            def __call__(self, x):
-                for layer in self.layers:
-                    x = layer(x)
-                return x
-
-        fmodel = FChain(n_layers, fnnx.Rngs(0))
+        fmodel = flax_stack(fnnx, n_layers, IN_WIDTH, False)
         ffwd = fnnx.jit(lambda m, x: m(x))
         variants["flax.nnx nnx.jit (graph mode)"] = lambda: ffwd(fmodel, x)
         try:
@@ -265,82 +233,56 @@ def make_inference_variants(n_leaves: int) -> dict:
         except Exception:  # older flax without tree mode
             pass
 
-    try:
-        import equinox as eqx
-    except ImportError:
-        eqx = None
+    eqx = _bench.optional("equinox")
     if eqx is not None:
-
-        class EChain(eqx.Module):
-            layers: list
-
-            def __init__(self, n, key):
-                self.layers = [eqx.nn.Linear(IN_WIDTH, IN_WIDTH, key=k) for k in jax.random.split(key, n)]
-
-            def __call__(self, x):
-                for layer in self.layers:
-                    x = x @ layer.weight.T + layer.bias
-                return x
-
-        emodel = EChain(n_layers, jax.random.PRNGKey(0))
+        emodel = eqx_stack(eqx, n_layers, IN_WIDTH, False)
         efwd = eqx.filter_jit(lambda m, x: m(x))
         variants["Equinox eqx.filter_jit"] = lambda: efwd(emodel, x)
     return variants
 
 
-def read_all(layers) -> jax.Array:
-    """A function that reads every leaf once (cheap to compile, unlike a 10,000-layer chain)."""
-    total = jnp.zeros(())
-    for layer in layers:
-        total = total + jnp.mean(layer["kernel"]) + jnp.mean(layer["bias"])
-    return total
+# -- compile time ----------------------------------------------------------------------------------
+def compile_times(n_leaves: int, repeats: int, whole_chain: bool) -> dict:
+    """First-call seconds (trace + lower + compile + run) of a forward over the chain: jax.jit + merge vs nnx.jit.
 
+    ``whole_chain`` runs every layer; otherwise only the last one, so that
+    every leaf is still an input (merged, traversed, lowered) but XLA has
+    almost nothing to compile and what is left is the frameworks' own work.
+    Each repeat uses fresh jitted functions (a fresh trace and compile), the
+    variants interleaved; the result is the median per variant.
+    """
+    x = jnp.ones((IN_BATCH, IN_WIDTH))
 
-def compile_times(n_leaves: int) -> dict:
-    """First call (trace + lower + compile + run) of a function reading every leaf: nnxlite vs jax.jit."""
-    model = Chain(n_leaves // 2, ctx=nnx.context(0))
-    params = [{"kernel": l.kernel.value, "bias": l.bias.value} for l in model.layers]
+    def forward(m, x):
+        return m(x) if whole_chain else m.layers[-1](x)
 
-    def nnx_read(m):
-        return read_all([{"kernel": l.kernel.value, "bias": l.bias.value} for l in m.layers])
+    # Pay JAX's one-time costs (the first trace of Linear's kernel, backend start-up) outside the timings.
+    tiny = Stack(1, IN_WIDTH, False, ctx=nnx.context(0))
+    jax.block_until_ready(nnx.jit(forward)(tiny, x))
+    tgd, tst = nnx.split(tiny)
+    jax.block_until_ready(jax.jit(lambda st, x: forward(nnx.merge(tgd, st), x))(tst, x))
 
-    out = {}
-    t0 = time.perf_counter()
-    jax.block_until_ready(jax.jit(read_all)(params))
-    out["jax.jit reading the params"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    jax.block_until_ready(nnx.jit(nnx_read)(model))
-    out["nnxlite nnx.jit"] = time.perf_counter() - t0
-    model.extra = nnx.Param(jnp.zeros(()))  # one more leaf: a new structure, compiled again
-    t0 = time.perf_counter()
-    jax.block_until_ready(nnx.jit(nnx_read)(model))
-    out["nnxlite nnx.jit, one leaf appended"] = time.perf_counter() - t0
-    return out
+    model = Stack(n_leaves // 2, IN_WIDTH, False, ctx=nnx.context(0))
+    gd, state = nnx.split(model)
+    times: dict[str, list] = {"jax.jit(lambda st, x: f(nnx.merge(gd, st), x))": [], "nnxlite nnx.jit(f)": [],
+                              "nnxlite nnx.jit(f), one leaf appended": []}
+    for _ in range(repeats):
+        names = iter(times)
+        times[next(names)].append(
+            _bench.first_call(lambda: jax.jit(lambda st, x: forward(nnx.merge(gd, st), x))(state, x))
+        )
+        jitted = nnx.jit(forward)
+        times[next(names)].append(_bench.first_call(lambda: jitted(model, x)))
+        model.extra = nnx.Param(jnp.zeros(()))  # one more leaf: a new structure, traced and compiled again
+        times[next(names)].append(_bench.first_call(lambda: jitted(model, x)))
+        del model.extra
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def measure(depth: int, rounds: int, calls: int, make=None) -> tuple[dict, float]:
-    variants = (make or make_variants)(depth)
-    for run in variants.values():  # compile and warm every cache
-        for _ in range(3):
-            jax.block_until_ready(run())
-    names = list(variants)
-    ratios: dict[str, list] = {n: [] for n in names}
-    pure_times = []
-    for r in range(rounds):
-        times = {}
-        order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
-        for name in order:
-            run = variants[name]
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                out = run()
-            jax.block_until_ready(out)
-            times[name] = (time.perf_counter() - t0) / calls
-        base = times[names[0]]
-        pure_times.append(base)
-        for n in names:
-            ratios[n].append(times[n] / base)
-    return {n: statistics.median(v) for n, v in ratios.items()}, statistics.median(pure_times)
+    """Median ratios to the first variant, and the first variant's median time per call."""
+    times = _bench.interleave((make or make_variants)(depth), rounds, calls)
+    return _bench.median_ratios(times), statistics.median(next(iter(times.values())))
 
 
 def check_equal(depth: int = 2, steps: int = 3) -> float:
@@ -348,7 +290,7 @@ def check_equal(depth: int = 2, steps: int = 3) -> float:
     tx = optax.adam(1e-3)
     x = jax.random.normal(jax.random.PRNGKey(1), (BATCH, WIDTH))
     y = jax.random.normal(jax.random.PRNGKey(2), (BATCH, WIDTH))
-    model = MLP(depth, ctx=nnx.context(0))
+    model = Stack(depth, WIDTH, True, ctx=nnx.context(0))
     params = {i: {"kernel": l.kernel.value, "bias": l.bias.value} for i, l in enumerate(model.layers)}
     opt_state = tx.init(params)
     optimizer = nnx.Optimizer(model, tx)
@@ -375,30 +317,22 @@ def check_equal(depth: int = 2, steps: int = 3) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description="nnx.jit per-call overhead against pure JAX, flax.nnx and Equinox",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = _bench.parser("nnx.jit per-call overhead against pure JAX, flax.nnx and Equinox", rounds=15, calls=200)
     parser.add_argument("--depths", type=int, nargs="+", default=[2, 8, 24], help="MLP depths of the training table")
     parser.add_argument("--leaves", type=int, nargs="+", default=[200, 1000, 4000],
                         help="leaf counts of the inference-call table (0 to skip it)")
     parser.add_argument("--compile-leaves", type=int, default=20000,
-                        help="leaf count of the compile-time table (0 to skip it)")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (the median is reported)")
-    parser.add_argument("--calls", type=int, default=200, help="calls per variant per round")
-    parser.add_argument("--quick", action="store_true", help="few rounds and calls, smaller compile case (smoke run)")
+                        help="leaf count of the compile-time table of a forward through the last layer (0 to skip it)")
+    parser.add_argument("--compile-chain-leaves", type=int, default=2000,
+                        help="leaf count of the compile-time table of the whole chain's forward (0 to skip it)")
+    parser.add_argument("--compile-repeats", type=int, default=3, help="fresh compiles per variant (the median)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.calls = 3, 20
         args.compile_leaves = min(args.compile_leaves, 2000)
-    versions = [f"jax {jax.__version__}", f"optax {optax.__version__}", f"nnxlite {nnx.__version__}"]
-    for mod in ("flax", "equinox"):
-        try:
-            versions.append(f"{mod} {__import__(mod).__version__}")
-        except ImportError:
-            pass
-    print(f"# jit training-step overhead — {platform.processor() or platform.machine()}, "
-          f"{jax.devices()[0].platform}, {', '.join(versions)}")
+        args.compile_chain_leaves = min(args.compile_chain_leaves, 400)
+        args.compile_repeats = 1
+    print(_bench.header("jit training-step overhead"))
     print(f"max |nnxlite - pure JAX| kernel difference after 3 steps: {check_equal():.2e}")
     results = {d: measure(d, args.rounds, args.calls) for d in args.depths}
     names = list(next(iter(results.values()))[0])
@@ -426,14 +360,18 @@ def main() -> None:
         print("| *pure JAX call time (median)* | " + " | ".join(f"{inf[n][1] * 1e6:.0f} µs" for n in leaves) + " |")
         print(f"\nChain of Linear({IN_WIDTH}, {IN_WIDTH}), batch {IN_BATCH}; median over {args.rounds} interleaved "
               "rounds of (variant time / pure-JAX time in the same round). Lower is better.")
-    if args.compile_leaves > 0:
-        ct = compile_times(args.compile_leaves)
-        base = ct["jax.jit reading the params"]
-        print(f"\n## First call (trace + compile) at {args.compile_leaves:,} leaves\n")
+    for n, whole in ((args.compile_leaves, False), (args.compile_chain_leaves, True)):
+        if n <= 0:
+            continue
+        ct = compile_times(n, args.compile_repeats, whole)
+        base = next(iter(ct.values()))
+        f = "m(x), the whole chain" if whole else "m.layers[-1](x), every leaf an input"
+        print(f"\n## First call (trace + lower + compile + run) at {n:,} leaves, f = lambda m, x: {f}\n")
         print("| variant | seconds | vs jax.jit |\n|---|---|---|")
         for name, t in ct.items():
             print(f"| {name} | {t:.2f} s | {t / base:.2f}× |")
-
+        print(f"\nChain of {n // 2:,} Linear({IN_WIDTH}, {IN_WIDTH}), batch {IN_BATCH}; median of "
+              f"{args.compile_repeats} interleaved fresh compiles (JAX's one-time start-up paid beforehand).")
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,7 @@ Run: ``python benchmarks/bench_scan.py [--depths 4 16 64] [--quick]``.
 from __future__ import annotations
 
 import argparse
-import platform
+import _bench  # noqa: F401  (first: puts this checkout's nnxlite on the path)
 import time
 
 import jax
@@ -128,10 +128,7 @@ def variants(depth: int) -> dict:
     out["nnxlite nnx.scan"] = nnx_scan
     out["nnxlite unrolled loop"] = nnx_loop
 
-    try:
-        from flax import nnx as fnnx
-    except ImportError:
-        fnnx = None
+    fnnx = _bench.optional("flax.nnx")
     if fnnx is not None:
 
         class FBlock(fnnx.Module):
@@ -159,10 +156,7 @@ def variants(depth: int) -> dict:
 
         out["flax.nnx nnx.scan"] = flax_scan
 
-    try:
-        import equinox as eqx
-    except ImportError:
-        eqx = None
+    eqx = _bench.optional("equinox")
     if eqx is not None:
 
         class EBlock(eqx.Module):
@@ -200,14 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.depths, args.repeats = [2, 4], 1
-    versions = [f"jax {jax.__version__}", f"nnxlite {nnx.__version__}"]
-    for mod in ("flax", "equinox"):
-        try:
-            versions.append(f"{mod} {__import__(mod).__version__}")
-        except ImportError:
-            pass
-    print(f"# scan-over-layers compile time — {platform.processor() or platform.machine()}, "
-          f"{jax.devices()[0].platform}, {', '.join(versions)}")
+    print(_bench.header("scan-over-layers compile time", ("jax", "nnxlite", "flax", "equinox")))
     table: dict[int, dict[str, float]] = {}
     for depth in args.depths:
         table[depth] = {}

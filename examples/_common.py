@@ -153,3 +153,16 @@ def save_figure(fig: plt.Figure, out_dir: Path, name: str) -> Path:
     plt.close(fig)
     print(f"saved plot: {path}")
     return path
+
+
+def plot_accuracy_curves(curves: dict, *, xlabel: str, ylabel: str, title: str, out_dir: Path, name: str) -> Path:
+    """One line per ``{label: (steps, accuracies)}`` on a 0-1 axis, saved with :func:`save_figure`."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (steps, accuracies) in curves.items():
+        ax.plot(steps, accuracies, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    return save_figure(fig, out_dir, name)

@@ -12,8 +12,8 @@ What this example teaches:
 3. Freezing is a filter. ``nnx.Optimizer(model, tx, wrt=head_only)`` with
    ``head_only = nnx.All(nnx.Param, nnx.PathContains("head"))`` creates
    optimizer state for the head alone and never touches the backbone;
-   gradients are asked for with the same filter, so none are even computed
-   for the backbone.
+   gradients are asked for with the same filter (``train_step`` in
+   ``_finetune.py``), so none are even computed for the backbone.
 
 4. Low-rank adapters are a Variable type. ``nnx.LoRALinear`` is a Linear
    plus a rank-``r`` adapter whose matrices are ``nnx.LoRAParam``;
@@ -44,12 +44,12 @@ test accuracy.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 import nnxlite as nnx
-from _common import batch_indices, few_per_class, load_digits_split, make_parser, plt, progress, save_figure
+from _common import few_per_class, load_digits_split, make_parser, plot_accuracy_curves
+from _finetune import accuracy, count_params, train
 
 
 class Backbone(nnx.Module):
@@ -77,42 +77,6 @@ class Classifier(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.head(self.backbone(x))
-
-
-def loss_fn(model: Classifier, images, labels):
-    logits = model(images)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-@nnx.jit
-def train_step(model: Classifier, optimizer: nnx.Optimizer, images, labels):
-    # Differentiate with respect to exactly what the optimizer trains.
-    loss, grads = nnx.value_and_grad(loss_fn, wrt=optimizer.wrt)(model, images, labels)
-    optimizer.update(grads)
-    return loss
-
-
-@nnx.jit
-def accuracy(model: Classifier, images, labels):
-    return jnp.mean(model(images).argmax(-1) == labels)
-
-
-def count_params(model: nnx.Module, wrt=nnx.Param) -> int:
-    """How many numbers the Variables matching ``wrt`` hold."""
-    return sum(x.size for x in jax.tree.leaves(nnx.state(model, wrt)))
-
-
-def train(model, optimizer, x, y, *, steps, batch_size, seed, x_test, y_test, eval_every, desc):
-    """Train for ``steps`` steps; return the steps and test accuracies seen along the way."""
-    batches = batch_indices(len(x), batch_size, seed=seed)
-    curve_steps, curve_acc = [0], [float(accuracy(model, x_test, y_test))]
-    for step in progress(steps, desc=desc):
-        idx = next(batches)
-        train_step(model, optimizer, x[idx], y[idx])
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            curve_steps.append(step + 1)
-            curve_acc.append(float(accuracy(model, x_test, y_test)))
-    return curve_steps, curve_acc
 
 
 def main() -> None:
@@ -224,17 +188,15 @@ def main() -> None:
     print(f"full fine-tune of the pretrained classifier, {count_params(full):,} trainable parameters: "
           f"test accuracy: {full_curve[1][-1]:.3f}")  # fmt: skip
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(*transfer_curve, label="pretrained backbone (frozen) + new head")
-    ax.plot(*scratch_curve, label="from scratch (all trainable)")
-    ax.plot(*lora_curve, label=f"LoRA rank {args.lora_rank} on the pretrained classifier")
-    ax.plot(*full_curve, label="full fine-tune of the pretrained classifier")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("test accuracy on digits 5-9")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{args.labels_per_class} labels per class")
-    ax.legend(loc="lower right")
-    save_figure(fig, args.out, "pretrained_backbone.png")
+    curves = {
+        "pretrained backbone (frozen) + new head": transfer_curve,
+        "from scratch (all trainable)": scratch_curve,
+        f"LoRA rank {args.lora_rank} on the pretrained classifier": lora_curve,
+        "full fine-tune of the pretrained classifier": full_curve,
+    }
+    plot_accuracy_curves(curves, xlabel="training step", ylabel="test accuracy on digits 5-9",
+                         title=f"{args.labels_per_class} labels per class", out_dir=args.out,
+                         name="pretrained_backbone.png")  # fmt: skip
 
 
 if __name__ == "__main__":

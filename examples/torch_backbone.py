@@ -41,7 +41,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import nnxlite as nnx
-from _common import batch_indices, few_per_class, load_digits_split, make_parser, plt, progress, save_figure
+from _common import batch_indices, few_per_class, load_digits_split, make_parser, plot_accuracy_curves, progress
+from _finetune import accuracy, count_params, train
 from nnxlite.interop import torch as tx
 
 FEATURES = 32 * 4 * 4
@@ -121,39 +122,6 @@ TO_CLASSIFIER = [tx.Rule(r"^features\.", "backbone.layers.")]
 BACKBONE_ONLY = [tx.Rule(r"^features\.", "layers."), tx.Rule(r"^head\.", None)]
 
 
-def loss_fn(model: Classifier, images, labels):
-    return optax.softmax_cross_entropy_with_integer_labels(model(images), labels).mean()
-
-
-@nnx.jit
-def train_step(model: Classifier, optimizer: nnx.Optimizer, images, labels):
-    loss, grads = nnx.value_and_grad(loss_fn, wrt=optimizer.wrt)(model, images, labels)
-    optimizer.update(grads)
-    return loss
-
-
-@nnx.jit
-def accuracy(model: Classifier, images, labels):
-    return jnp.mean(model(images).argmax(-1) == labels)
-
-
-def count_params(model: nnx.Module, wrt=nnx.Param) -> int:
-    return sum(x.size for x in jax.tree.leaves(nnx.state(model, wrt)))
-
-
-def fine_tune(model, optimizer, x, y, *, steps, x_test, y_test, eval_every, desc, seed):
-    """Full-batch steps on the few labels; returns (steps, test accuracies) along the way."""
-    batches = batch_indices(len(x), len(x), seed=seed)
-    curve = ([0], [float(accuracy(model, x_test, y_test))])
-    for step in progress(steps, desc=desc):
-        idx = next(batches)
-        train_step(model, optimizer, x[idx], y[idx])
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            curve[0].append(step + 1)
-            curve[1].append(float(accuracy(model, x_test, y_test)))
-    return curve
-
-
 def main() -> None:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--torch-steps", type=int, default=400, help="PyTorch training steps on digits 0-4")
@@ -199,30 +167,26 @@ def main() -> None:
     head_only = nnx.All(nnx.Param, nnx.PathContains("head"))
     optimizer = nnx.Optimizer(transfer, optax.adam(args.lr), wrt=head_only)
     before = jax.tree.map(np.asarray, nnx.state(transfer.backbone, nnx.Param))
-    transfer_curve = fine_tune(transfer, optimizer, x_few, y_few, steps=args.finetune_steps, x_test=x_test,
-                               y_test=y_test, eval_every=eval_every, desc="head on frozen backbone", seed=args.seed)
+    transfer_curve = train(transfer, optimizer, x_few, y_few, steps=args.finetune_steps, batch_size=len(x_few),
+                           seed=args.seed, x_test=x_test, y_test=y_test, eval_every=eval_every,
+                           desc="head on frozen backbone")  # full-batch steps on the few labels
     after = nnx.state(transfer.backbone, nnx.Param)
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, before, after))), "the frozen backbone moved"
 
     scratch = new_classifier(args.seed + 2)  # the same initial weights, everything trainable
     optimizer = nnx.Optimizer(scratch, optax.adam(args.lr), wrt=nnx.Param)
-    scratch_curve = fine_tune(scratch, optimizer, x_few, y_few, steps=args.finetune_steps, x_test=x_test,
-                              y_test=y_test, eval_every=eval_every, desc="from scratch", seed=args.seed)
+    scratch_curve = train(scratch, optimizer, x_few, y_few, steps=args.finetune_steps, batch_size=len(x_few),
+                          seed=args.seed, x_test=x_test, y_test=y_test, eval_every=eval_every, desc="from scratch")
 
     print(f"torch backbone (frozen) + new head, {count_params(transfer, head_only):,} trainable parameters: "
           f"test accuracy: {transfer_curve[1][-1]:.3f}")  # fmt: skip
     print(f"same classifier trained from scratch, {count_params(scratch):,} trainable parameters: "
           f"test accuracy: {scratch_curve[1][-1]:.3f}")  # fmt: skip
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(*transfer_curve, label="PyTorch backbone (frozen) + new head")
-    ax.plot(*scratch_curve, label="from scratch (all trainable)")
-    ax.set_xlabel("nnxlite training step")
-    ax.set_ylabel("test accuracy on digits 5-9")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{args.labels_per_class} labels per class; torch vs nnxlite logits differ by {diff:.1e}")
-    ax.legend(loc="lower right")
-    save_figure(fig, args.out, "torch_backbone.png")
+    curves = {"PyTorch backbone (frozen) + new head": transfer_curve, "from scratch (all trainable)": scratch_curve}
+    plot_accuracy_curves(curves, xlabel="nnxlite training step", ylabel="test accuracy on digits 5-9",
+                         title=f"{args.labels_per_class} labels per class; torch vs nnxlite logits differ by {diff:.1e}",
+                         out_dir=args.out, name="torch_backbone.png")  # fmt: skip
 
 
 if __name__ == "__main__":

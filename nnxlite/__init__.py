@@ -73,6 +73,7 @@ from nnxlite.transforms import (
     scan,
     shard_map,
     switch,
+    transform_metadata,
     value_and_grad,
     vjp,
     vmap,
@@ -94,3 +95,19 @@ __version__ = "0.1.0"
 from nnxlite.training.ema import EMA
 from nnxlite.training.train_state import TrainState
 from nnxlite.compat import callable_variables as _callable_variables  # nnx.variables(model, nnx.Param)
+from nnxlite.compat.graph_api import as_pure, flatten, has_data, jit_partial, make_jaxpr, map, pure, unflatten, unpack
+from nnxlite.compat.contexts import (
+    MergeContext,
+    SplitContext,
+    UpdateContext,
+    current_update_context,
+    merge_context,
+    split_context,
+    update_context,
+)
+from nnxlite.compat.tree_api import NodeStates, abstract_with_sharding, as_abstract, from_tree, get_abstract_model, prefix, to_tree
+from nnxlite._data import Data, Static
+from nnxlite.compat.submodules import OptArray, OptVariable
+from nnxlite.compat import submodules as _submodules
+
+globals().update(_submodules.make_submodules(__import__("sys").modules[__name__]))

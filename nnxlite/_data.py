@@ -23,14 +23,39 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 import jax
 import numpy as np
 
-__all__ = ["data", "static", "is_data", "register_data_type", "DataLeaf"]
+__all__ = ["data", "static", "is_data", "register_data_type", "DataLeaf", "Data", "Static"]
 
 _MISSING = dataclasses.MISSING
+_A = TypeVar("_A")
+_DATA_MARK = "__data__"
+_STATIC_MARK = "__static__"
+
+# Class-level annotations, flax's older spelling of nnx.data()/nnx.static() fields:
+# ``x: nnx.Data[list]`` makes ``x`` data in every instance, ``y: nnx.Static[int]`` static.
+Data = Annotated[_A, _DATA_MARK]
+Static = Annotated[_A, _STATIC_MARK]
+
+
+def annotation_status(annotation: Any) -> bool | None:
+    """True for an ``nnx.Data[...]`` annotation, False for ``nnx.Static[...]``, else None.
+
+    String annotations (``from __future__ import annotations``) are read by name.
+
+    >>> import nnxlite as nnx
+    >>> from nnxlite._data import annotation_status
+    >>> annotation_status(nnx.Data[int]), annotation_status("nnx.Static[int]"), annotation_status(int)
+    (True, False, None)
+    """
+    if isinstance(annotation, str):
+        head = annotation.replace(" ", "").split("[", 1)[0].rsplit(".", 1)[-1]
+        return True if head == "Data" else False if head == "Static" else None
+    marks = getattr(annotation, "__metadata__", ())
+    return True if _DATA_MARK in marks else False if _STATIC_MARK in marks else None
 _DATA_REGISTRY: set[type] = set()
 # Types that are data by value (Variables and graph nodes are handled by the traversal).
 ARRAY_TYPES = (jax.Array, np.ndarray)

@@ -205,6 +205,35 @@ class Nothing:
         return hash(Nothing)
 
 
+class NameFilter(PathContains):
+    """What a string filter means: the path contains ``name``, or the Variable is tagged ``name``.
+
+    flax.nnx reads a string as a stream tag (``'dropout'`` selects the state of
+    every dropout RNG stream, wherever it is stored); nnxlite also reads it as
+    a path component, so both uses work.
+
+    >>> import nnxlite as nnx
+    >>> model = nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=1))   # keeps its stream as `rngs`
+    >>> sorted(nnx.state(model, "dropout").flat())
+    [('rngs', 'count'), ('rngs', 'key')]
+    """
+
+    def __call__(self, path: Path, variable: Variable) -> bool:
+        if self.key in path:
+            return True
+        meta = getattr(variable, "_metadata", None)
+        return bool(meta) and meta.get("tag") == self.key
+
+    def __repr__(self) -> str:
+        return f"NameFilter({self.key!r})"
+
+    def __eq__(self, other) -> bool:
+        return type(other) is NameFilter and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash((NameFilter, self.key))
+
+
 def to_predicate(filter: Filter) -> Predicate:
     """Turn any accepted filter spelling into a ``(path, variable) -> bool`` predicate."""
     if filter is Ellipsis or filter is True:
@@ -214,7 +243,7 @@ def to_predicate(filter: Filter) -> Predicate:
     if isinstance(filter, type):
         return OfType(filter)
     if isinstance(filter, str):
-        return PathContains(filter)
+        return NameFilter(filter)
     if isinstance(filter, (tuple, list)):
         return Any(*filter)
     if callable(filter):

@@ -198,6 +198,10 @@ class Pytree:
             pytree = cls._nnx_is_pytree  # inherited from the nearest Pytree base
         cls._nnx_is_pytree = bool(pytree)
         status = _Status(cls._nnx_class_status)
+        for name, annotation in vars(cls).get("__annotations__", {}).items():
+            marked = _data.annotation_status(annotation)  # x: nnx.Data[...] / nnx.Static[...]
+            if marked is not None:
+                status[name] = marked
         for name, value in vars(cls).items():
             if isinstance(value, dataclasses.Field) and "static" in value.metadata:
                 is_static = value.metadata["static"]

@@ -278,6 +278,8 @@ def get_partition_spec(state_or_module: Any, *, rules: Rules | None = None) -> S
     for i, (path, leaf) in enumerate(zip(s.paths, st._leaves)):
         meta = dict(s.def_at(i)[1])
         axes = meta.get("sharding")
+        if axes is None:  # flax's spellings of the same metadata
+            axes = meta.get("out_sharding", meta.get("sharding_names"))
         if axes is None:
             specs.append(PartitionSpec())
             continue

@@ -251,3 +251,16 @@ def test_docstring_extension_renders_doctests_as_markdown():
     assert "  a: two names." in out and "  b: two names." in out
     assert "  c: split over lines." in out and "  d: split over lines." in out
     assert "Prose at entry level ends the section." in out
+
+
+def test_docstring_headings_keep_their_code_text_in_the_table_of_contents():
+    """Code spans in docstring headings become plain text (the site's ToC showed 'Axis specs for modules (, )')."""
+    pytest.importorskip("griffe")
+    spec = importlib.util.spec_from_file_location("_docstring_markdown", DOCS / "_ext" / "docstring_markdown.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    text = "Intro with ``code``.\n\nAxis specs (``vmap``, ``scan``)\n-------------------------------\n\n### Also `here`\n\n- a list item\n"
+    out = ext.to_markdown(text).splitlines()
+    assert out[0] == "Intro with ``code``."  # prose keeps its code spans
+    assert out[2] == "Axis specs (vmap, scan)" and out[5] == "### Also here"
+    assert "- a list item" in out

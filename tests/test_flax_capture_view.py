@@ -308,3 +308,48 @@ def test_traversals_flatten_and_unflatten(nnx):
     assert nnx.traversals.unflatten_mapping(kept) == xs
     assert nnx.traversals.unflatten_mapping({"a/b": 1}, sep="/") == {"a": {"b": 1}}
     assert nnx.traversals.flatten_to_sequence(xs) == [(("foo",), 1), (("bar", "a"), 2)]
+
+
+def test_string_filter_selects_a_stream_by_tag_and_vmaps_over_it(nnx):
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.linear = nnx.Linear(4, 3, rngs=rngs)
+            self.drop = nnx.Dropout(0.5, deterministic=False, rngs=rngs)
+
+        def __call__(self, x):
+            return self.drop(self.linear(x))
+
+    model = Model(nnx.Rngs(params=0, dropout=1))
+    paths = sorted(p for p, _ in nnx.to_flat_state(nnx.state(model, "dropout")))
+    assert paths == [("drop", "rngs", "count"), ("drop", "rngs", "key")]
+
+    @nnx.fork_rngs(split={"dropout": 5})
+    @nnx.vmap(in_axes=(nnx.StateAxes({"dropout": 0, ...: None}), None), out_axes=0)
+    def sample(model, x):
+        return model(x)
+
+    out = sample(model, jnp.ones((1, 4)))
+    assert out.shape == (5, 1, 3)
+    assert not np.allclose(out[0], out[1])  # each lane drew its own mask
+
+
+def test_update_model_grads_keeps_the_gradients_the_filter_selects(nnx):
+    optax = pytest.importorskip("optax")
+
+    class HeadParam(nnx.Param):
+        pass
+
+    class Model(nnx.Module):
+        def __init__(self):
+            self.body = nnx.Param(jnp.ones(2))
+            self.head = HeadParam(jnp.ones(2))
+
+        def __call__(self, x):
+            return jnp.sum(x * self.body * self.head)
+
+    model = Model()
+    optimizer = nnx.Optimizer(model, optax.sgd(1.0), wrt=HeadParam)
+    grads = nnx.grad(lambda m: m(jnp.ones(2)))(model)  # grads of every Param, body included
+    optimizer.update(model, grads)
+    np.testing.assert_allclose(model.head.value, jnp.zeros(2))
+    np.testing.assert_allclose(model.body.value, jnp.ones(2))  # not trained

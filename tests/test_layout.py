@@ -50,7 +50,10 @@ def test_transforms_package_reexports_the_public_names():
         "remat": autodiff.remat,
         "jvp": autodiff.jvp,
         "vjp": autodiff.vjp,
+        "custom_vjp": autodiff.custom_vjp,
         "eval_shape": shapes.eval_shape,
+        "checkify": shapes.checkify,
+        "transform_metadata": sys.modules["nnxlite.transforms.axis_metadata"].transform_metadata,
         "Carry": _lift.Carry,
     }
     assert set(nnx.transforms.__all__) == set(expected)

@@ -14,7 +14,11 @@ quotes, so before mkdocstrings parses a docstring this extension
 * ends an ``Args:`` section at a line of prose written at the level of its
   entries, instead of reading it as a malformed entry,
 * expands a grouped argument entry (``in_features, out_features: widths.``
-  in an ``Args:`` section) into one entry per name.
+  in an ``Args:`` section) into one entry per name,
+* writes a heading's code spans as plain text: mkdocstrings renders a
+  docstring with its own Markdown instance, and the page's table of
+  contents would otherwise resolve the code spans against the wrong
+  placeholders (``Axis specs for modules (, )``, or another object's text).
 
 It only changes how docstrings render on the site, never the source.
 Loaded from ``mkdocs.yml`` (``extensions: [docs/_ext/docstring_markdown.py]``).
@@ -32,6 +36,8 @@ _GROUPED = re.compile(r"^(?P<pad>\s+)(?P<names>[\w*]+(?:\s*,\s*[\w*]+)+):(?P<des
 _ITEM = re.compile(r"^\s+[\w*]+(?:\s*,\s*[\w*]+)*\s*(?:\([^)]*\))?\s*:")
 _NAMES_CONTINUED = re.compile(r"^\s+[\w*]+(?:\s*,\s*[\w*]+)*\s*,\s*$")
 _RST_LINK = re.compile(r"`([^`<]+?)\s*<(https?://[^>\s]+)>`__?", re.S)
+_SETEXT = re.compile(r"^\s*(-{3,}|={3,})\s*$")
+_ATX = re.compile(r"^\s*#{1,6}\s")
 _ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|mod|obj|data|exc|const):`~?([^`]+)`")
 
 
@@ -139,7 +145,13 @@ def to_markdown(text: str) -> str:
                 i += 1
             out += [f"{pad}```pycon", *(pad + b for b in block), f"{pad}```"]
             continue
-        out.append(_ROLE.sub(_role, line))
+        line = _ROLE.sub(_role, line)
+        is_heading = _ATX.match(line) or (
+            i + 1 < len(lines) and stripped and _SETEXT.match(lines[i + 1]) and not stripped.startswith(("-", "*"))
+        )
+        if is_heading and "`" in line:
+            line = line.replace("`", "")
+        out.append(line)
         i += 1
     return "\n".join(out)
 

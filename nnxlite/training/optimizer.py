@@ -147,6 +147,9 @@ class Optimizer(Module):
         Both spellings work: ``optimizer.update(grads)`` and flax.nnx's
         ``optimizer.update(model, grads)`` (the model must be the one the
         optimizer was created with, or a view of it that holds the same Variables).
+        As in flax, ``update(model, grads)`` uses only the gradients the optimizer's
+        ``wrt`` filter selects; ``update(grads)`` requires exactly those paths and
+        names any extra ones.
 
         Args:
           grads: the gradients, as returned by ``nnx.grad(..., wrt=<the same
@@ -172,7 +175,7 @@ class Optimizer(Module):
         grads = self._grads_argument(args)
         plan = self._plan()
         structure = plan.structure
-        grads = _adopt_grads(grads, structure, plan.param_vars)
+        grads = _adopt_grads(grads, structure, plan.param_vars, select=len(args) == 2)
         if self.compile_eager and _eager_update.try_compiled_update(self, plan, grads, kwargs):
             step = self.step
             step.raw_value = step.raw_value + 1
@@ -306,7 +309,7 @@ def _listing(label: str, paths: list) -> str:
     return f"{label} ({len(paths)}): " + ", ".join(_fmt_path(p) for p in paths[:20]) + more + "\n"
 
 
-def _adopt_grads(grads: Any, structure: StateStructure, param_vars: list) -> State:
+def _adopt_grads(grads: Any, structure: StateStructure, param_vars: list, select: bool = False) -> State:
     """Check ``grads`` against the trained parameters and give it their exact structure.
 
     Re-wrapping under the parameters' own StateStructure makes optax's
@@ -314,11 +317,16 @@ def _adopt_grads(grads: Any, structure: StateStructure, param_vars: list) -> Sta
     """
     if isinstance(grads, State):
         st = grads._structure
-        if st is not structure and st.paths is not structure.paths and st.paths != structure.paths:
-            _raise_path_mismatch(st.paths, structure.paths)
         leaves = grads._leaves
+        if st is not structure and st.paths is not structure.paths and st.paths != structure.paths:
+            index = st.index
+            if not select or not all(p in index for p in structure.paths):
+                _raise_path_mismatch(st.paths, structure.paths)
+            # flax's update(model, grads) keeps the gradients the optimizer's filter selects
+            # (grads of every Param, wrt=nnx.LoRAParam); nnxlite's update(grads) names the extras.
+            leaves = [leaves[index[p]] for p in structure.paths]
     elif isinstance(grads, Mapping):
-        return _adopt_grads(State(grads), structure, param_vars)
+        return _adopt_grads(State(grads), structure, param_vars, select)
     else:
         raise TypeError(
             f"Optimizer.update expects the gradients as an nnx.State (from nnx.grad), got {type(grads).__name__}."

@@ -84,6 +84,7 @@ from nnxlite.transforms.control import cond, switch
 from nnxlite.transforms.jit import jit
 from nnxlite.transforms.loops import fori_loop, scan, while_loop
 from nnxlite.transforms.mapping import pmap, shard_map, vmap
+from nnxlite.transforms.axis_metadata import transform_metadata
 from nnxlite.transforms.shapes import checkify, eval_shape
 
-__all__ = ["jit", "vmap", "scan", "remat", "cond", "switch", "eval_shape", "grad", "value_and_grad", "Carry", "while_loop", "fori_loop", "pmap", "shard_map", "jvp", "vjp", "custom_vjp", "CustomVjp", "checkify"]
+__all__ = ["jit", "vmap", "scan", "remat", "cond", "switch", "eval_shape", "grad", "value_and_grad", "Carry", "while_loop", "fori_loop", "pmap", "shard_map", "jvp", "vjp", "custom_vjp", "checkify", "transform_metadata"]

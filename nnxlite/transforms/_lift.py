@@ -445,12 +445,16 @@ class _Keep:
 _KEEP = _Keep()
 
 
-def _apply(meta: _Meta, aligned: Sequence, extra: Sequence, plain: list, outer: graph._Flat | None) -> Any:
+def _apply(
+    meta: _Meta, aligned: Sequence, extra: Sequence, plain: list, outer: graph._Flat | None, on_new: Callable | None = None
+) -> Any:
     """Outside: replay on the caller's objects what the function did, and build its output.
 
     Writes values (``_KEEP`` entries are skipped), rewrites the attributes of
     caller objects whose structure changed, creates the objects made inside,
     and returns the output with caller objects where inputs were returned.
+    ``on_new(k, variable)`` is called for the ``k``-th Variable created inside
+    (``meta.new_var_indices()`` order), e.g. to add a stacked axis to its metadata.
     """
     gd = meta.graphdef
     outer_vars = outer.variables if outer is not None else ()
@@ -459,6 +463,7 @@ def _apply(meta: _Meta, aligned: Sequence, extra: Sequence, plain: list, outer: 
     structural = False
     variables = []
     it_extra = iter(extra)
+    n_new = 0
     for j, (t, md) in enumerate(var_specs):
         o = meta.var_origin[j]
         if o >= 0:
@@ -471,6 +476,9 @@ def _apply(meta: _Meta, aligned: Sequence, extra: Sequence, plain: list, outer: 
                 structural = True
         else:
             v = _make(t, next(it_extra), md)
+            if on_new is not None:
+                on_new(n_new, v)
+            n_new += 1
         variables.append(v)
     for j in gd._data_leaves:  # plain data leaves (array attributes) go into nodes unboxed
         variables[j] = variables[j].raw_value
@@ -540,12 +548,12 @@ def _write(variables: Sequence, values: Sequence) -> None:
         v.raw_value = x
 
 
-def _finish(inputs: _Inputs, aligned, extra, out, meta) -> Any:
+def _finish(inputs: _Inputs, aligned, extra, out, meta, on_new: Callable | None = None) -> Any:
     """Write back and build the output (common and general case)."""
     if meta is None:
         _write(inputs.variables, aligned)
         return out
-    return _apply(meta, aligned, extra, out, inputs.flat)
+    return _apply(meta, aligned, extra, out, inputs.flat, on_new)
 
 
 def _explain_leak(variables: Sequence, err: BaseException) -> None:
@@ -740,20 +748,44 @@ def _state_specs(inputs: _Inputs, entries: list, default: Any, allowed: tuple, w
         _resolve(entries[root_pos[p[0]]], p[1:], v, default, _SPLIT, allowed, what, all_paths(j, p))
         for j, (p, v) in enumerate(zip(gd.paths, flat.variables))
     ]
-    if len(root_pos) > 1:
-        for k in range(len(root_pos)):
-            entry = entries[root_pos[k]]
-            for rel, j in _root_reach(gd, k):
-                if gd.paths[j][0] == k:
-                    continue  # its own canonical root: that is where specs[j] came from
-                ax = _resolve(entry, rel, flat.variables[j], default, _SPLIT, allowed, what)
-                if ax != specs[j]:
-                    raise ValueError(
-                        f"{what}: {_var_label(flat, j)} is shared with argument {k} (at "
-                        f"{_fmt_path(rel)}), whose entry gives it axis {ax!r} instead of {specs[j]!r}. "
-                        "One object has one layout: give both arguments the same axis for it, or pass it once."
-                    )
+    _check_shared_entries(
+        inputs, entries, specs, lambda entry, rel, var: _resolve(entry, rel, var, default, _SPLIT, allowed, what), what
+    )
     return specs
+
+
+def _check_shared_entries(
+    inputs: _Inputs, entries: list, specs: list, resolve: Callable, what: str, kind: str = "axis",
+    unset: Any = _Keep,
+) -> None:
+    """Raise if a Variable reachable from several arguments gets different specs from their entries.
+
+    ``specs[j]`` came from the entry of Variable ``j``'s canonical argument;
+    ``resolve(entry, path, variable)`` gives what another argument's entry says.
+    A spec equal to ``unset`` (e.g. ``None`` for "no sharding given") agrees
+    with anything, and is replaced in ``specs`` by the other argument's spec.
+    """
+    root_pos = inputs.root_positions()
+    if len(root_pos) < 2:
+        return
+    flat = inputs.flat
+    gd = flat.graphdef
+    for k in range(len(root_pos)):
+        entry = entries[root_pos[k]]
+        for rel, j in _root_reach(gd, k):
+            if gd.paths[j][0] == k:
+                continue  # its own canonical root: that is where specs[j] came from
+            other = resolve(entry, rel, flat.variables[j])
+            if unset is not _Keep and (other is unset or specs[j] is unset):
+                if specs[j] is unset:
+                    specs[j] = other
+                continue
+            if other != specs[j]:
+                raise ValueError(
+                    f"{what}: {_var_label(flat, j)} is shared with argument {k} (at "
+                    f"{_fmt_path(rel)}), whose entry gives it {kind} {other!r} instead of {specs[j]!r}. "
+                    f"One object has one layout: give both arguments the same {kind} for it, or pass it once."
+                )
 
 
 def _check_returned_axes(meta: "_Meta", node_entries: list, in_specs: list, default: Any, allowed: tuple, what: str):

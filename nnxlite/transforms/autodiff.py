@@ -44,6 +44,8 @@ from nnxlite.transforms.modes import check_mode, set_graph_mode, set_graph_updat
 from nnxlite.transforms._lift import _KEEP, _apply, _enter, _finish, _Inputs, _is_node, _leave, _pure, _RootsCache, _scatter, _write
 from nnxlite.variables import Param, Variable
 
+_state_of = graph.state  # (`graph` is also a parameter name of the transforms below)
+
 __all__ = ["grad", "value_and_grad", "vjp", "jvp", "remat", "custom_vjp", "CustomVjp"]
 
 
@@ -308,6 +310,8 @@ def remat(
     prevent_cse: bool = True,
     static_argnums: int | Sequence[int] = (),
     policy: Callable | None = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Callable:
     """``jax.checkpoint`` (rematerialization) for functions of modules.
 
@@ -325,9 +329,14 @@ def remat(
       f: the function (or use ``@nnx.remat(...)``).
       prevent_cse, policy: as in ``jax.checkpoint``.
       static_argnums: arguments passed through as Python values.
+      graph, graph_updates: flax.nnx's mode switches, accepted (graph semantics kept).
     """
     if f is None:
-        return functools.partial(remat, prevent_cse=prevent_cse, static_argnums=static_argnums, policy=policy)
+        return functools.partial(
+            remat, prevent_cse=prevent_cse, static_argnums=static_argnums, policy=policy, graph=graph,
+            graph_updates=graph_updates,
+        )
+    check_mode(graph, graph_updates, "nnx.remat")
     statics = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
 
     @functools.wraps(f)
@@ -356,12 +365,13 @@ def remat(
 # =====================================================================================
 # vjp, jvp
 # =====================================================================================
-def _linear_parts(f: Callable, primals: tuple, wrt, what: str):
+def _linear_parts(f: Callable, primals: tuple, wrt, what: str, has_aux: bool = False):
     """``(inputs, plan, pure, diff_primals, finish)`` for linearizing ``f`` at ``primals``.
 
     ``pure(diff_state, diff_others)`` runs ``f`` on fresh objects and returns
-    ``(out, changed values)``; ``finish(changed)`` writes the in-place updates
-    back (the function must not change structure or return modules).
+    ``(out, changed values)`` (``(out, (changed values, aux))`` with
+    ``has_aux``); ``finish(changed)`` writes the in-place updates back (the
+    function must not change structure or return modules).
     """
     inputs = _Inputs(primals, {})
     plan = _plan(inputs, tuple(range(len(primals))), (wrt,) * len(primals))
@@ -377,6 +387,9 @@ def _linear_parts(f: Callable, primals: tuple, wrt, what: str):
             other[k] = x
         a, kw, roots, pre = _enter(gd, inputs.treedef, inputs.mask, state, other)
         out = f(*a, **kw)
+        if has_aux:
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError(f"{what}: with has_aux=True the function must return a pair (out, aux).")
         aligned, _, out, meta = _leave(pre, roots, out, state)
         if meta is not None:
             raise ValueError(
@@ -385,6 +398,9 @@ def _linear_parts(f: Callable, primals: tuple, wrt, what: str):
             )
         changed = [j for j, (new, old) in enumerate(zip(aligned, state)) if new is not old]
         cell[:] = [changed]
+        if has_aux:
+            value, aux = out
+            return value, ([aligned[j] for j in changed], aux)
         return out, [aligned[j] for j in changed]
 
     def finish(new_values):
@@ -394,7 +410,15 @@ def _linear_parts(f: Callable, primals: tuple, wrt, what: str):
     return inputs, plan, pure, diff_primals, finish
 
 
-def vjp(f: Callable, *primals: Any, wrt: filterlib.Filter = Param) -> tuple[Any, Callable]:
+def vjp(
+    f: Callable | None = None,
+    *primals: Any,
+    wrt: filterlib.Filter = Param,
+    has_aux: bool = False,
+    reduce_axes: Sequence = (),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
     """``jax.vjp`` for functions of modules: ``(out, vjp_fn)``, ``vjp_fn(cotangent)`` giving one gradient per primal.
 
     A module primal's gradient is a State of its Variables matching ``wrt``
@@ -406,19 +430,47 @@ def vjp(f: Callable, *primals: Any, wrt: filterlib.Filter = Param) -> tuple[Any,
     >>> g_model, g_x = vjp_fn(jnp.ones((1, 3)))
     >>> g_model["bias"].tolist(), g_x.shape
     ([1.0, 1.0, 1.0], (1, 2))
+
+    As in flax.nnx, ``has_aux=True`` returns ``(out, vjp_fn, aux)``, and
+    without primals (``@nnx.vjp(has_aux=...)``) it is a decorator: the
+    decorated function returns what ``nnx.vjp`` would. ``graph=``,
+    ``graph_updates=`` and ``reduce_axes=`` are accepted (graph semantics kept).
+
+    >>> @nnx.vjp
+    ... def f(m, x):
+    ...     return m(x).sum()
+    >>> out, vjp_fn = f(model, jnp.ones((1, 2)))
+    >>> vjp_fn(jnp.ones(()))[0]["bias"].tolist()
+    [1.0, 1.0, 1.0]
     """
-    _, plan, pure, diff_primals, finish = _linear_parts(f, primals, wrt, "nnx.vjp")
-    out, pullback, new_values = jax.vjp(pure, *diff_primals, has_aux=True)
+    check_mode(graph, graph_updates, "nnx.vjp")
+    if f is None or not primals:
+        options = dict(wrt=wrt, has_aux=has_aux, reduce_axes=reduce_axes, graph=graph, graph_updates=graph_updates)
+        if f is None:
+            return lambda fn: functools.wraps(fn)(lambda *ps: vjp(fn, *ps, **options))
+        return functools.wraps(f)(lambda *ps: vjp(f, *ps, **options))
+    _, plan, pure, diff_primals, finish = _linear_parts(f, primals, wrt, "nnx.vjp", has_aux)
+    out, pullback, aux = jax.vjp(pure, *diff_primals, has_aux=True)
+    new_values, user_aux = aux if has_aux else (aux, None)
     finish(new_values)
 
     def vjp_fn(cotangent: Any) -> tuple:
         g_state, g_others = pullback(cotangent)
         return tuple(_shape_grads(plan, g_state, g_others))
 
-    return out, vjp_fn
+    return (out, vjp_fn, user_aux) if has_aux else (out, vjp_fn)
 
 
-def jvp(f: Callable, primals: tuple, tangents: tuple, *, wrt: filterlib.Filter = Param) -> tuple[Any, Any]:
+def jvp(
+    f: Callable | None = None,
+    primals: tuple | None = None,
+    tangents: tuple | None = None,
+    *,
+    wrt: filterlib.Filter = Param,
+    has_aux: bool = False,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
     """``jax.jvp`` for functions of modules: ``(out, tangent_out)``.
 
     ``tangents`` mirrors ``primals``; for a module the tangent is a State (or a
@@ -426,21 +478,38 @@ def jvp(f: Callable, primals: tuple, tangents: tuple, *, wrt: filterlib.Filter =
     :func:`grad` returns, e.g. ``nnx.state(model, nnx.Param)``); missing paths
     have tangent zero.
 
-    >>> import jax.numpy as jnp, nnxlite as nnx
+    >>> import jax, jax.numpy as jnp, nnxlite as nnx
     >>> model = nnx.Linear(2, 1, use_bias=False, ctx=nnx.context(0))
     >>> x = jnp.ones((1, 2))
     >>> y, dy = nnx.jvp(lambda m, x: m(x), (model, x), ({"kernel": jnp.ones((2, 1))}, jnp.zeros((1, 2))))
     >>> float(dy[0, 0])       # d(x @ W) along dW = ones
     2.0
+
+    As in flax.nnx, a module's tangent may also be a module of the same
+    structure (e.g. ``jax.tree.map(jnp.zeros_like, model)``; its ``wrt``
+    Variables are used), ``has_aux=True`` returns ``(out, tangent_out, aux)``,
+    and without ``primals``/``tangents`` it is a decorator:
+    ``nnx.jvp(f)(primals, tangents)``. ``graph=``/``graph_updates=`` are
+    accepted (graph semantics kept).
+
+    >>> y, dy = nnx.jvp(lambda m, x: m(x))((model, x), (jax.tree.map(jnp.ones_like, model), jnp.zeros((1, 2))))
+    >>> float(dy[0, 0])
+    2.0
     """
     what = "nnx.jvp"
+    check_mode(graph, graph_updates, what)
+    if f is None or primals is None or tangents is None:
+        options = dict(wrt=wrt, has_aux=has_aux, graph=graph, graph_updates=graph_updates)
+        if f is None:
+            return lambda fn: functools.wraps(fn)(lambda ps, ts: jvp(fn, ps, ts, **options))
+        return functools.wraps(f)(lambda ps, ts: jvp(f, ps, ts, **options))
     if not isinstance(tangents, (tuple, list)) or len(tangents) != len(primals):
         raise ValueError(f"{what}: tangents must be a tuple with one entry per primal ({len(primals)}).")
-    _, plan, pure, diff_primals, finish = _linear_parts(f, tuple(primals), wrt, what)
+    _, plan, pure, diff_primals, finish = _linear_parts(f, tuple(primals), wrt, what, has_aux)
     t_state = [jnp.zeros_like(x) for x in diff_primals[0]]
     t_others = [None] * len(diff_primals[1])
     for (_, parts), tangent in zip(plan.arg_grads, tangents):
-        t_leaves = jax.tree_util.tree_leaves(tangent, is_leaf=lambda t: isinstance(t, (State, Mapping)))
+        t_leaves = jax.tree_util.tree_leaves(tangent, is_leaf=lambda t: isinstance(t, (State, Mapping)) or _is_node(t))
         if len(t_leaves) != len(parts):
             raise ValueError(
                 f"{what}: a tangent does not mirror its primal: {len(t_leaves)} leaves for {len(parts)} "
@@ -449,7 +518,10 @@ def jvp(f: Callable, primals: tuple, tangents: tuple, *, wrt: filterlib.Filter =
         for part, t in zip(parts, t_leaves):
             if part[0] == "var":
                 _, ks, structure = part
-                flat = (t if isinstance(t, State) else State(t)).flat()
+                if _is_node(t) and not isinstance(t, Variable):  # a module-shaped tangent (flax's tree mode)
+                    flat = {p: x for p, x in _state_of(t).flat().items() if p in structure.index}
+                else:
+                    flat = (t if isinstance(t, State) else State(t)).flat()
                 unknown = [p for p in flat if p not in structure.paths]
                 if unknown:
                     raise ValueError(f"{what}: tangent paths {unknown} are not {wrt!r} Variables of the module.")
@@ -458,12 +530,13 @@ def jvp(f: Callable, primals: tuple, tangents: tuple, *, wrt: filterlib.Filter =
                         t_state[k] = flat[path]
             elif part[0] == "one":
                 if part[1] is not None:
-                    t_state[part[1]] = t
+                    t_state[part[1]] = t.value if isinstance(t, Variable) else t
             else:
                 t_others[part[1]] = t
-    out, t_out, new_values = jax.jvp(pure, diff_primals, (t_state, t_others), has_aux=True)
+    out, t_out, aux = jax.jvp(pure, diff_primals, (t_state, t_others), has_aux=True)
+    new_values, user_aux = aux if has_aux else (aux, None)
     finish(new_values)
-    return out, t_out
+    return (out, t_out, user_aux) if has_aux else (out, t_out)
 
 
 # =====================================================================================
@@ -725,7 +798,7 @@ def _tangent_cts(tangent, plan, diff_args, avals, other_avals, diff_vars, rest_v
                 if leaf is None:
                     continue
                 if _is_node(leaf) and not isinstance(leaf, Variable):
-                    leaf = graph.state(leaf)  # simple convention: a module holding the tangent values
+                    leaf = _state_of(leaf)  # simple convention: a module holding the tangent values
                 flat = (leaf if isinstance(leaf, State) else State(leaf)).flat()
                 known = dict(zip(structure.paths, ks))
                 unknown = [p for p in flat if p not in known]

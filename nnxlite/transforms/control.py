@@ -13,6 +13,7 @@ from typing import Any
 import jax
 
 from nnxlite.transforms._lift import _finish, _Inputs, _pure
+from nnxlite.transforms.modes import check_mode
 
 __all__ = ["cond", "switch"]
 
@@ -39,11 +40,15 @@ def _branches_call(what: str, index_fn: Callable, branches: Sequence[Callable], 
     return _finish(inputs, aligned, extra, out, meta)
 
 
-def cond(pred: Any, true_fun: Callable, false_fun: Callable, *operands: Any) -> Any:
+def cond(
+    pred: Any, true_fun: Callable, false_fun: Callable, *operands: Any, graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
     """``jax.lax.cond`` whose branches may take and update modules.
 
     Both branches see the operands as fresh objects; the state the taken
-    branch leaves behind is written back.
+    branch leaves behind is written back. ``graph=``/``graph_updates=`` are
+    flax.nnx's mode switches, accepted (graph semantics are kept).
 
     >>> import jax.numpy as jnp, nnxlite as nnx
     >>> count = nnx.Variable(jnp.zeros(()))
@@ -55,13 +60,18 @@ def cond(pred: Any, true_fun: Callable, false_fun: Callable, *operands: Any) -> 
     2.0
     """
 
+    check_mode(graph, graph_updates, "nnx.cond")
+
     def call(pures, state, others):
         return jax.lax.cond(pred, pures[0], pures[1], state, others)
 
     return _branches_call("nnx.cond", call, (true_fun, false_fun), operands)
 
 
-def switch(index: Any, branches: Sequence[Callable], *operands: Any) -> Any:
+def switch(
+    index: Any, branches: Sequence[Callable], *operands: Any, graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
     """``jax.lax.switch`` whose branches may take and update modules (see :func:`cond`).
 
     >>> import jax.numpy as jnp, nnxlite as nnx
@@ -74,6 +84,8 @@ def switch(index: Any, branches: Sequence[Callable], *operands: Any) -> Any:
     >>> float(v.value)
     3.0
     """
+
+    check_mode(graph, graph_updates, "nnx.switch")
 
     def call(pures, state, others):
         return jax.lax.switch(index, pures, state, others)

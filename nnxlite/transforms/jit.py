@@ -26,6 +26,7 @@ from nnxlite.transforms.modes import check_mode
 from nnxlite.transforms._lift import (
     _apply,
     _call_entries,
+    _check_shared_entries,
     _enter,
     _explain_leak,
     _KEEP,
@@ -382,8 +383,15 @@ class _Jitted:
                 for i, s in static_items:
                     args[i] = s
                 kwargs = dict(kwargs, **dict(static_kw))
+            epoch = _epoch._current
             out = fun(*args, **kwargs)
-            aligned, extra, out, meta = _leave(pre, roots, out, leaves)
+            if pre is not None and _epoch._current == epoch and not _holds_node(out):
+                # No structural edit anywhere while the function ran (it would have moved the
+                # epoch), so the graph is still the one built on entry: read its Variables
+                # instead of walking it again (a second full traversal at trace time).
+                aligned, extra, meta = [v.raw_value for v in pre.variables], [], None
+            else:
+                aligned, extra, out, meta = _leave(pre, roots, out, leaves)
             # Only Variables whose value the function replaced travel out: an output that *is*
             # the input tracer is unchanged, so an inference call returns no state at all.
             # Donated ones always come back (their input buffers are consumed).
@@ -413,6 +421,11 @@ class _Jitted:
             _sharding_for(entries[root_pos[p[0]]], p[1:], v, lookup)
             for p, v in zip(inputs.flat.graphdef.paths, inputs.flat.variables)
         ] if inputs.flat is not None else []
+        if inputs.flat is not None and spec is not None:
+            _check_shared_entries(
+                inputs, entries, var_sh, lambda e, rel, v: _sharding_for(e, rel, v, lookup), "nnx.jit in_shardings",
+                kind="sharding", unset=None,
+            )
         others_sh = [s for s, m in zip(entries, inputs.mask) if not m]
         in_s = ([var_sh[j] for j in don_idx], [var_sh[j] for j in keep_idx], *others_sh)
         return in_s, var_sh
@@ -434,6 +447,11 @@ class _Jitted:
             [variables[j].raw_value for j in comp.keep_idx],
             *inputs.others,
         )
+
+
+def _holds_node(out: Any) -> bool:
+    """Does a function's output contain a module (or another graph node) anywhere?"""
+    return any(_is_node(x) for x in jax.tree_util.tree_leaves(out, is_leaf=_is_node))
 
 
 def _has_layout(x: Any, sharding: Any) -> bool:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from nnxlite import graph as graphlib
+from nnxlite.transforms.axis_metadata import axis_metadata, remove_axes, restore_axes
 from nnxlite.transforms.modes import check_mode
 from nnxlite.transforms._lift import (
     _KEEP,
@@ -26,6 +27,7 @@ from nnxlite.transforms._lift import (
     _axis_size,
     _call_entries,
     _check_axis,
+    _check_returned_axes,
     _draw_split_keys,
     _rewinds_draws_on_error,
     _dyn_axes,
@@ -56,6 +58,8 @@ def scan(
     length: int | None = None,
     reverse: bool = False,
     unroll: int | bool = 1,
+    _split_transpose: bool = False,
+    transform_metadata: Mapping[str, Any] = {},
     graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> Callable:
@@ -83,7 +87,13 @@ def scan(
         passed whole to every step).
       out_axes: ``nnx.Carry``, an int, or a tuple of them matching the output.
       length: number of steps when nothing is scanned.
-      reverse, unroll: as in ``jax.lax.scan``.
+      reverse, unroll, _split_transpose: as in ``jax.lax.scan``.
+      transform_metadata: ``{nnx.PARTITION_NAME: name}``: scanned Variables
+        lose the sharding-metadata entry of their scanned axis inside the
+        step and get it back after; Variables created inside get ``name`` at
+        their ``out_axes`` axis (see :mod:`nnxlite.transforms.axis_metadata`).
+      graph, graph_updates: flax.nnx's mode switches, accepted (graph
+        semantics are kept).
 
     Variables and sub-modules cannot be added to input modules inside a scan
     (the state is stacked or carried); create them before.
@@ -91,10 +101,13 @@ def scan(
     if f is None:
         return functools.partial(
             scan, in_axes=in_axes, out_axes=out_axes, length=length, reverse=reverse, unroll=unroll,
-            graph=graph, graph_updates=graph_updates,
+            _split_transpose=_split_transpose, transform_metadata=transform_metadata, graph=graph,
+            graph_updates=graph_updates,
         )
     check_mode(graph, graph_updates, "nnx.scan")
     what = "nnx.scan"
+    edits = axis_metadata(transform_metadata, what)
+    scan_kwargs = {"_split_transpose": True} if _split_transpose else {}
     allowed = (int, None, Carry, _SPLIT)
 
     @_rewinds_draws_on_error
@@ -141,7 +154,9 @@ def scan(
             it_c, it_x = iter(c_dyn), iter(x_dyn)
             step_others = [next(it_c) if e is Carry else next(it_x) if isinstance(e, int) else x for x, e in zip(others, dyn_entries)]
             a, kw, roots, pre = _enter(gd, inputs.treedef, inputs.mask, leaves, step_others)
+            mapped = remove_axes(edits, pre, specs, inputs)
             out = f(*a, **kw)
+            restore_axes(edits, mapped)
             aligned, extra, plain, meta = _leave(pre, roots, out, leaves)
             if meta is not None and meta.in_changed:
                 raise ValueError(
@@ -180,7 +195,8 @@ def scan(
             return new_carry, ys
 
         (c_state, c_dyn), (x_state, extra, ys_plain) = jax.lax.scan(
-            body, (carry_state, carry_dyn), (xs_state, keys, xs_dyn), length=n, reverse=reverse, unroll=unroll
+            body, (carry_state, carry_dyn), (xs_state, keys, xs_dyn), length=n, reverse=reverse, unroll=unroll,
+            **scan_kwargs,
         )
         meta, out_treedef, out_entries = cell["meta"], cell["out_treedef"], cell["out_entries"]
         x_state = [_from_front(x, specs[j]) for j, x in zip(scanned, x_state)]
@@ -200,12 +216,30 @@ def scan(
                 variables[j].raw_value = aligned[j]
             return _tree_unflatten(out_treedef, plain)
         node_entries = [out_entries[p] for p in meta.out_node_pos]
+        # A returned input module keeps its layout: scanned at its in_axes axis, or carried.
+        as_carry = lambda ax: Carry if ax is None or ax == "carry" else ax  # noqa: E731
+        _check_returned_axes(
+            meta, [_carry_entry(e) for e in node_entries], [as_carry(s) for s in specs], 0, (int, None, Carry),
+            f"{what} out_axes",
+        )
         in_root_entries = [entries[p] for p in inputs.root_positions()]
         extra_axes = _new_var_specs(meta, in_root_entries, node_entries, 0, (int,), f"{what} out_axes")
         extra = [_from_front(x, ax) for x, ax in zip(extra, extra_axes)]
-        return _apply(meta, aligned, extra, plain, inputs.flat)
+        on_new = None
+        if edits is not None:
+            on_new = lambda k, var: edits.add(var, extra_axes[k])  # noqa: E731
+        return _apply(meta, aligned, extra, plain, inputs.flat, on_new)
 
     return wrapper
+
+
+def _carry_entry(entry: Any) -> Any:
+    """An out_axes entry with None read as Carry (scan treats both as carried state)."""
+    if entry is None:
+        return Carry
+    if isinstance(entry, Mapping):
+        return type(entry)({k: (Carry if v is None else v) for k, v in entry.items()}) if type(entry) is dict else entry
+    return entry
 
 
 def _to_front(x: Any, axis: int) -> Any:
@@ -267,13 +301,17 @@ def _loop_parts(what: str, init_val: Any):
     return inputs, to_value, from_value, finish
 
 
-def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any) -> Any:
+def while_loop(
+    cond_fun: Callable, body_fun: Callable, init_val: Any, *, graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
     """``jax.lax.while_loop`` whose carry may hold modules (updated in place at the end).
 
     ``body_fun(val)`` must return ``val``'s structure with the same modules in
     it (they may update their Variables, e.g. a counter or an RNG stream, whose
     keys then differ per iteration); ``cond_fun(val)`` returns a boolean
-    scalar and must not update anything.
+    scalar and must not update anything. ``graph=``/``graph_updates=`` are
+    flax.nnx's mode switches, accepted (graph semantics are kept).
 
     >>> import jax.numpy as jnp, nnxlite as nnx
     >>> count = nnx.Variable(jnp.array(0))
@@ -286,6 +324,7 @@ def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any) -> Any:
     (7, 128.0, True)
     """
     what = "nnx.while_loop"
+    check_mode(graph, graph_updates, what)
     inputs, to_value, from_value, finish = _loop_parts(what, init_val)
 
     def cond(carry):
@@ -299,7 +338,10 @@ def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any) -> Any:
     return finish(jax.lax.while_loop(cond, body, (inputs.leaves(), inputs.others)))
 
 
-def fori_loop(lower: Any, upper: Any, body_fun: Callable, init_val: Any, *, unroll: int | bool | None = None) -> Any:
+def fori_loop(
+    lower: Any, upper: Any, body_fun: Callable, init_val: Any, *, unroll: int | bool | None = None,
+    graph: bool | None = None, graph_updates: bool | None = None,
+) -> Any:
     """``jax.lax.fori_loop`` whose carry may hold modules: ``body_fun(i, val) -> val``.
 
     The same rules as :func:`while_loop`. With static bounds (and so under
@@ -315,6 +357,7 @@ def fori_loop(lower: Any, upper: Any, body_fun: Callable, init_val: Any, *, unro
     ((1, 2), True)
     """
     what = "nnx.fori_loop"
+    check_mode(graph, graph_updates, what)
     inputs, to_value, from_value, finish = _loop_parts(what, init_val)
 
     def body(i, carry):

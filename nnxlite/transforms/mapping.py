@@ -10,13 +10,14 @@ axes and gives each device its own RNG keys by folding in its mesh index.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 
 from nnxlite import filters as filterlib
 from nnxlite.state import State, _fmt_path
+from nnxlite.transforms.axis_metadata import AxisMetadata, axis_metadata, remove_axes, restore_axes
 from nnxlite.transforms.modes import check_mode
 from nnxlite.transforms._lift import (
     _KEEP,
@@ -84,6 +85,7 @@ def vmap(
     axis_name: Any = None,
     axis_size: int | None = None,
     spmd_axis_name: Any = None,
+    transform_metadata: Mapping[str, Any] = {},
     graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> Callable:
@@ -114,6 +116,13 @@ def vmap(
         ``BatchNorm(axis_name=...)`` to share statistics across lanes.
       axis_size: the number of lanes when no argument is mapped (constructors).
       spmd_axis_name: passed to ``jax.vmap``.
+      transform_metadata: ``{nnx.PARTITION_NAME: name}`` keeps Variables'
+        sharding metadata in step with the mapped axis: the entry at that axis
+        is removed inside and put back after; Variables created inside get
+        ``name`` inserted at their ``out_axes`` axis (see
+        :mod:`nnxlite.transforms.axis_metadata`).
+      graph, graph_updates: flax.nnx's mode switches, accepted (graph
+        semantics are kept).
 
     Broadcast state (axis ``None``) that lanes change differently cannot be
     written back and raises an error naming it.
@@ -121,7 +130,8 @@ def vmap(
     if f is None:
         return functools.partial(
             vmap, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size,
-            spmd_axis_name=spmd_axis_name, graph=graph, graph_updates=graph_updates,
+            spmd_axis_name=spmd_axis_name, transform_metadata=transform_metadata, graph=graph,
+            graph_updates=graph_updates,
         )
     check_mode(graph, graph_updates, "nnx.vmap")
 
@@ -130,10 +140,32 @@ def vmap(
             fn, in_axes=in_spec, out_axes=out_spec, axis_name=axis_name, axis_size=n, spmd_axis_name=spmd_axis_name
         )
 
-    return _mapped(f, "nnx.vmap", in_axes, out_axes, axis_size, mapper)
+    return _mapped(f, "nnx.vmap", in_axes, out_axes, axis_size, mapper, axis_metadata(transform_metadata, "nnx.vmap"))
 
 
-def _mapped(f: Callable, what: str, in_axes: Any, out_axes: Any, axis_size: int | None, mapper: Callable) -> Callable:
+def _new_var_axes_hook(edits: AxisMetadata | None, meta: _Meta, in_root_entries: list, node_entries: list, what: str):
+    """``_apply``'s ``on_new``: add the stacked axis to the metadata of each Variable created inside."""
+    if edits is None:
+        return None
+    axes = _new_var_specs(meta, in_root_entries, node_entries, 0, (int, None), f"{what} out_axes")
+    return _axes_hook(edits, axes)
+
+
+def _axes_hook(edits: AxisMetadata | None, axes: list):
+    if edits is None:
+        return None
+
+    def hook(k, var):
+        if isinstance(axes[k], int):
+            edits.add(var, axes[k])
+
+    return hook
+
+
+def _mapped(
+    f: Callable, what: str, in_axes: Any, out_axes: Any, axis_size: int | None, mapper: Callable,
+    edits: AxisMetadata | None = None,
+) -> Callable:
     """The body of :func:`vmap` and :func:`pmap`: ``mapper(fn, in_axes, out_axes, n)`` is the JAX primitive."""
     allowed = (int, None, _SPLIT)
 
@@ -171,7 +203,9 @@ def _mapped(f: Callable, what: str, in_axes: Any, out_axes: Any, axis_size: int 
             def run(state, lane_keys, others):
                 leaves = _scatter(n_vars, None, (kept, state), (key_idx, lane_keys), (count_idx, counts))
                 a, kw, roots, pre = _enter(gd, inputs.treedef, inputs.mask, leaves, others)
+                mapped = remove_axes(edits, pre, specs, inputs)
                 out = f(*a, **kw)
+                restore_axes(edits, mapped)
                 aligned, extra, plain, meta = _leave(pre, roots, out, leaves)
                 changed_broadcast[:] = [j for j in kept if specs[j] is None and aligned[j] is not leaves[j]]
                 if meta is not None and not general:
@@ -222,7 +256,8 @@ def _mapped(f: Callable, what: str, in_axes: Any, out_axes: Any, axis_size: int 
         if meta is None:
             _write([variables[j] for j in kept], new_state)
             return out
-        return _apply(meta, _scatter(n_vars, _KEEP, (kept, new_state)), extra, out, inputs.flat)
+        on_new = _axes_hook(edits, extra_axes)
+        return _apply(meta, _scatter(n_vars, _KEEP, (kept, new_state)), extra, out, inputs.flat, on_new)
 
     return wrapper
 
@@ -239,6 +274,11 @@ def pmap(
     axis_size: int | None = None,
     devices: Any = None,
     backend: str | None = None,
+    static_broadcasted_argnums: int | Sequence[int] = (),
+    donate_argnums: int | Sequence[int] = (),
+    transform_metadata: Mapping[str, Any] = {},
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Callable:
     """``jax.pmap`` for functions of modules: :func:`vmap`'s rules, one lane per device.
 
@@ -258,19 +298,53 @@ def pmap(
       f: the function (or use ``@nnx.pmap(...)``).
       in_axes, out_axes, axis_name, axis_size: as for :func:`vmap` (and ``jax.pmap``).
       devices, backend: passed to ``jax.pmap``.
+      static_broadcasted_argnums: positional arguments passed to every device
+        as Python values (hashable, not mapped), as in ``jax.pmap``.
+      donate_argnums: accepted for flax/JAX compatibility; results are the
+        same, but buffers are not donated (module state is written back to
+        the caller's Variables, which must stay valid).
+      transform_metadata, graph, graph_updates: as for :func:`vmap`.
     """
     if f is None:
         return functools.partial(
             pmap, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size, devices=devices,
-            backend=backend,
+            backend=backend, static_broadcasted_argnums=static_broadcasted_argnums, donate_argnums=donate_argnums,
+            transform_metadata=transform_metadata, graph=graph, graph_updates=graph_updates,
         )
+    check_mode(graph, graph_updates, "nnx.pmap")
+    statics = _argnums(static_broadcasted_argnums)
+    _argnums(donate_argnums)
 
     def mapper(fn, in_spec, out_spec, n):
         return jax.pmap(
             fn, in_axes=in_spec, out_axes=out_spec, axis_name=axis_name, axis_size=n, devices=devices, backend=backend
         )
 
-    return _mapped(f, "nnx.pmap", in_axes, out_axes, axis_size, mapper)
+    edits = axis_metadata(transform_metadata, "nnx.pmap")
+    if not statics:
+        return _mapped(f, "nnx.pmap", in_axes, out_axes, axis_size, mapper, edits)
+
+    @functools.wraps(f)
+    def with_statics(*args, **kwargs):
+        # static_broadcasted_argnums: those arguments are closed over (Python values, as in JAX).
+        n = len(args)
+        fixed = {i % n: args[i % n] for i in statics if -n <= i < n}
+        axes = in_axes
+        if isinstance(in_axes, (tuple, list)) and len(in_axes) == n:
+            axes = tuple(a for i, a in enumerate(in_axes) if i not in fixed)
+
+        def inner(*dyn, **kw):
+            it = iter(dyn)
+            return f(*[fixed[i] if i in fixed else next(it) for i in range(n)], **kw)
+
+        rest = tuple(a for i, a in enumerate(args) if i not in fixed)
+        return _mapped(inner, "nnx.pmap", axes, out_axes, axis_size, mapper, edits)(*rest, **kwargs)
+
+    return with_statics
+
+
+def _argnums(x: int | Sequence[int]) -> tuple:
+    return (x,) if isinstance(x, int) else tuple(x)
 
 
 # =====================================================================================
@@ -310,6 +384,8 @@ def shard_map(
     out_specs: Any,
     axis_names: Any = frozenset(),
     check_vma: bool = True,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Callable:
     """``jax.shard_map`` for functions of modules, with per-device RNG keys by default.
 
@@ -340,14 +416,17 @@ def shard_map(
       mesh, in_specs, out_specs, axis_names, check_vma: as for ``jax.shard_map``;
         RNG keys are made distinct over the manual axes (``axis_names``, or all
         mesh axes).
+      graph, graph_updates: flax.nnx's mode switches, accepted (graph semantics kept).
 
     The function must not change the structure of its modules or return modules.
     """
     if f is None:
         return functools.partial(
-            shard_map, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=axis_names, check_vma=check_vma
+            shard_map, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=axis_names, check_vma=check_vma,
+            graph=graph, graph_updates=graph_updates,
         )
     what = "nnx.shard_map"
+    check_mode(graph, graph_updates, what)
     manual = tuple(a for a in mesh.axis_names if not axis_names or a in axis_names)
 
     @functools.wraps(f)

@@ -80,3 +80,4 @@ def checkify(
         return error, _finish(inputs, aligned, extra, out, meta)
 
     return wrapper
+
