@@ -31,7 +31,9 @@ leaves each) that changes no Variable, at 200, 1,000 and 4,000 leaves:
 Two more tables give first-call times (trace + lower + compile + run) on
 that chain, ``jax.jit(lambda st, x: f(nnx.merge(gd, st), x))`` reading the
 same state against ``nnx.jit(f)``, and ``nnx.jit(f)`` again after one leaf is
-appended to the model (a new structure: a fresh trace and compile). At
+appended to the model (a new structure: a fresh trace and compile); a
+second reference row adds the ``nnx.split`` that gives ``jax.jit`` its state
+(``nnx.jit`` walks the model on a first call, as ``split`` does). At
 ``--compile-leaves`` (default 20,000) ``f`` runs only the last layer, so
 every leaf is an input but XLA has almost nothing to compile: the table
 shows the frameworks' own cost. At ``--compile-chain-leaves`` (default
@@ -44,6 +46,7 @@ Run: ``python benchmarks/bench_jit.py [--depths 2 8 24] [--leaves 200 1000 4000]
 from __future__ import annotations
 
 import statistics
+import time
 
 import _bench  # noqa: F401  (first: puts this checkout's nnxlite on the path)
 import jax
@@ -264,13 +267,25 @@ def compile_times(n_leaves: int, repeats: int, whole_chain: bool) -> dict:
 
     model = Stack(n_leaves // 2, IN_WIDTH, False, ctx=nnx.context(0))
     gd, state = nnx.split(model)
-    times: dict[str, list] = {"jax.jit(lambda st, x: f(nnx.merge(gd, st), x))": [], "nnxlite nnx.jit(f)": [],
+    times: dict[str, list] = {"jax.jit(lambda st, x: f(nnx.merge(gd, st), x))": [],
+                              "nnx.split(model), then that jax.jit": [], "nnxlite nnx.jit(f)": [],
                               "nnxlite nnx.jit(f), one leaf appended": []}
+
+    def split_then_jit():
+        model.extra = nnx.Param(jnp.zeros(()))  # a structural edit, so that split walks the graph again
+        del model.extra
+        t0 = time.perf_counter()
+        gd, state = nnx.split(model)
+        return time.perf_counter() - t0 + _bench.first_call(
+            lambda: jax.jit(lambda st, x: forward(nnx.merge(gd, st), x))(state, x)
+        )
+
     for _ in range(repeats):
         names = iter(times)
         times[next(names)].append(
             _bench.first_call(lambda: jax.jit(lambda st, x: forward(nnx.merge(gd, st), x))(state, x))
         )
+        times[next(names)].append(split_then_jit())
         jitted = nnx.jit(forward)
         times[next(names)].append(_bench.first_call(lambda: jitted(model, x)))
         model.extra = nnx.Param(jnp.zeros(()))  # one more leaf: a new structure, traced and compiled again

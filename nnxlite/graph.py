@@ -765,6 +765,17 @@ _object_setattr = object.__setattr__
 
 
 def _build(gd: GraphDef, leaves: list) -> Any:
+    variables, objs = _build_all(gd, leaves)
+    return variables[0] if objs is None else objs[0]
+
+
+def _build_all(gd: GraphDef, leaves: list) -> tuple[list, list | None]:
+    """Build ``gd``'s graph; return its Variables (plain data leaves unboxed) and its node objects.
+
+    Both lists are in ``gd``'s own order, which is the order a traversal of
+    the new graph finds them in (``nodes`` is None when the root is a
+    Variable). ``nnx.jit`` uses them to skip walking a graph it just built.
+    """
     var_specs, node_specs, acyclic = _plan(gd)
     variables = []
     append = variables.append
@@ -776,10 +787,8 @@ def _build(gd: GraphDef, leaves: list) -> Any:
     for j in gd._data_leaves:  # plain data goes back unboxed
         variables[j] = leaves[j]
     if gd.root[0] == VAR:
-        return variables[0]
-    if acyclic:
-        return _build_acyclic(node_specs, variables)
-    return _build_cyclic(node_specs, variables)
+        return variables, None
+    return variables, (_build_acyclic if acyclic else _build_cyclic)(node_specs, variables)
 
 
 def rebuild(gd: GraphDef, children: Any) -> Any:
@@ -791,9 +800,7 @@ def rebuild(gd: GraphDef, children: Any) -> Any:
     _, node_specs, acyclic = _plan(gd)
     if gd.root[0] == VAR:
         return children[0]
-    if acyclic:
-        return _build_acyclic(node_specs, children)
-    return _build_cyclic(node_specs, children)
+    return (_build_acyclic if acyclic else _build_cyclic)(node_specs, children)[0]
 
 
 def leaf_names(gd: GraphDef) -> list[str]:
@@ -835,7 +842,7 @@ def _filled(template: dict, var_slots, node_slots, variables: list, objs: list) 
     return d
 
 
-def _build_acyclic(node_specs: list, variables: list) -> Any:
+def _build_acyclic(node_specs: list, variables: list) -> list:
     # The hot path: node filling is inlined here (a helper call per node costs ~10%).
     objs: list = [None] * len(node_specs)
     i = len(node_specs)
@@ -861,10 +868,10 @@ def _build_acyclic(node_specs: list, variables: list) -> Any:
         else:
             obj = tuple(d.values()) if node_type is tuple else node_type(*d.values())
         objs[i] = obj
-    return objs[0]
+    return objs  # every node, in the GraphDef's order; the root is objs[0]
 
 
-def _build_cyclic(node_specs: list, variables: list) -> Any:
+def _build_cyclic(node_specs: list, variables: list) -> list:
     # Create every mutable node empty first so back-references can point at it.
     objs: list = [None] * len(node_specs)
     for i, (node_type, kind, _, _, _) in enumerate(node_specs):
@@ -902,7 +909,7 @@ def _build_cyclic(node_specs: list, variables: list) -> Any:
             list.extend(obj, d.values())
         else:
             dict.update(obj, d)
-    return objs[0]
+    return objs  # every node, in the GraphDef's order; the root is objs[0]
 
 
 def update(node: Any, *states: State | Mapping) -> None:
