@@ -15,9 +15,19 @@ process:
   resident set (``VmHWM`` after resetting it through ``/proc/self/clear_refs``)
   while loading, divided by the checkpoint's size on disk. Target <= 1.2x.
 
-Ratios are nnxlite / torch (below 1 = nnxlite faster). Run:
-``python benchmarks/bench_models.py [--quick] [--rounds 5]`` (``--quick``:
-small configs only).
+Two more columns explain the load time: **build**, the part of nnxlite's load
+spent building the model abstractly (``nnx.eval_shape``: tracing the
+constructor, no weights allocated), and **copy floor**, the time to read the
+checkpoint's bytes into fresh memory once (pre-faulted anonymous pages, one
+``readinto``) -- what any loader that copies the weights, instead of mapping
+the file lazily as ``transformers`` does, must spend.
+
+Every case runs in its own subprocess (``--child``), one after the other, so
+one family's memory and compiled code do not weigh on the next. Ratios are
+nnxlite / torch (below 1 = nnxlite faster). Run:
+``python benchmarks/bench_models.py [--quick | --realistic] [--rounds 5] [--only GPT-2 ...]``
+(``--quick``: the small test configs only; ``--realistic``: the realistic
+sizes only; neither: all ten rows).
 """
 
 from __future__ import annotations
@@ -211,6 +221,35 @@ def peak_memory(which: str, case: Case, folder: Path) -> float | None:
     return result["peak"] if result["reset"] else None
 
 
+def copy_floor(folder: Path, repeats: int) -> float:
+    """Median time to read the checkpoint's bytes into fresh, pre-faulted memory (one copy, no conversion)."""
+    from nnxlite.interop._sources import host_empty
+
+    files = sorted(folder.glob("*.safetensors"))
+
+    def read():
+        for f in files:
+            out = host_empty((f.stat().st_size,), np.uint8)
+            with open(f, "rb", buffering=0) as handle:
+                view, done = memoryview(out), 0
+                while done < len(view):
+                    done += handle.readinto(view[done:])
+            del out
+
+    read()
+    return _median_time(read, repeats)
+
+
+def build_time(case: Case, folder: Path, repeats: int) -> float:
+    """Median time of the abstract build alone (``nnx.eval_shape`` of the constructor)."""
+    from nnxlite.models._hub import read_config
+
+    if case.torchvision:
+        return float("nan")
+    config = case.ours.config_class.from_dict(read_config(folder))
+    return _median_time(lambda: nnx.eval_shape(lambda: case.ours(config)), repeats)
+
+
 def run_case(case: Case, rounds: int, tmp: Path) -> dict:
     import torch
     import transformers  # noqa: F401  (the loader expressions use it)
@@ -229,6 +268,8 @@ def run_case(case: Case, rounds: int, tmp: Path) -> dict:
     load_ours(), load_torch()  # warm the page cache and the import-time work
     t_load_ours = _median_time(load_ours, rounds)
     t_load_torch = _median_time(load_torch, rounds)
+    t_floor = copy_floor(folder, rounds)
+    t_build = build_time(case, folder, rounds)
 
     ours = case.ours.from_pretrained(folder)
     theirs = eval(case.torch_loader, {"transformers": transformers, "folder": folder,
@@ -252,13 +293,15 @@ def run_case(case: Case, rounds: int, tmp: Path) -> dict:
     mem_torch = peak_memory("torch", case, folder)
     return dict(
         family=case.family, size=case.size, params=params, ckpt=ckpt,
-        load_ours=t_load_ours, load_torch=t_load_torch,
+        load_ours=t_load_ours, load_torch=t_load_torch, floor=t_floor, build=t_build,
         fwd_ours=statistics.median(fwd_ours), fwd_torch=statistics.median(fwd_torch),
         mem_ours=mem_ours, mem_torch=mem_torch,
     )
 
 
 def _fmt_time(s: float) -> str:
+    if s != s:  # nan: not applicable
+        return "-"
     return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
 
 
@@ -268,14 +311,15 @@ def _fmt_mem(peak: float | None, ckpt: int) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| family | size | params | checkpoint | load nnxlite | load torch | ratio | forward nnx.jit | "
-        "forward torch eager | ratio | peak load memory nnxlite | torch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| family | size | params | checkpoint | load nnxlite | of which build | copy floor | load torch | ratio | "
+        "forward nnx.jit | forward torch eager | ratio | peak load memory nnxlite | torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mb = r["ckpt"] / 2**20
         lines.append(
             f"| {r['family']} | {r['size']} | {r['params'] / 1e6:.2f}M | {mb:.1f} MB | {_fmt_time(r['load_ours'])} | "
+            f"{_fmt_time(r['build'])} | {_fmt_time(r['floor'])} | "
             f"{_fmt_time(r['load_torch'])} | {r['load_ours'] / r['load_torch']:.2f} | {_fmt_time(r['fwd_ours'])} | "
             f"{_fmt_time(r['fwd_torch'])} | {r['fwd_ours'] / r['fwd_torch']:.2f} | "
             f"{_fmt_mem(r['mem_ours'], r['ckpt'])} | {_fmt_mem(r['mem_torch'], r['ckpt'])} |"
@@ -283,29 +327,55 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small test configs only")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", nargs="*", help="families to run (GPT-2 Llama BERT ViT ResNet)")
-    args = parser.parse_args()
-    import torch
+def child(index: int, quick: bool, rounds: int) -> None:
+    """Run one case in this process and print its row as JSON (the last line of stdout)."""
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    case = cases(quick)[index]
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        row = run_case(case, rounds, Path(tmp))
+    row["loadavg"] = [load, os.getloadavg()[0]]
+    print(json.dumps(row))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small test configs only")
+    parser.add_argument("--rounds", type=int, default=5, help="repeats of each timing (median)")
+    parser.add_argument("--realistic", action="store_true", help="the realistic sizes only (no test configs)")
+    parser.add_argument("--only", nargs="*", help="families to run (GPT-2 Llama BERT ViT ResNet)")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # internal: run one case
+    args = parser.parse_args()
+    if args.child is not None:
+        child(args.child, args.quick, args.rounds)
+        return
+    import torch
+    import transformers
+
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}; jax {jax.__version__}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}")
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for case in cases(args.quick):
-            if args.only and case.family not in args.only:
-                continue
-            rows.append(run_case(case, args.rounds, Path(tmp)))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    for index, case in enumerate(cases(args.quick)):
+        if (args.only and case.family not in args.only) or (args.realistic and index < len(cases(True))):
+            continue
+        command = [sys.executable, __file__, "--child", str(index), "--rounds", str(args.rounds)]
+        out = subprocess.run(command + (["--quick"] if args.quick else []), capture_output=True, text=True,
+                             timeout=3600)
+        if out.returncode != 0:
+            print(f"# {case.family} {case.size} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        before, after = rows[-1]["loadavg"]
+        print(table(rows[-1:]).splitlines()[-1] + f"  <!-- load average {before:.1f} -> {after:.1f} -->", flush=True)
     print()
     print(table(rows))
+    averages = [x for r in rows for x in r["loadavg"]]
+    if averages:
+        print(f"\nload average during the runs: {min(averages):.1f}-{max(averages):.1f}")
 
 
 if __name__ == "__main__":

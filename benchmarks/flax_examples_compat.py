@@ -21,17 +21,21 @@ and how many of those also pass under nnxlite.
 Skipped under both libraries and counted separately:
 
 * test files and scripts that import a dataset/network package that is not
-  installed here (``tensorflow``, ``tensorflow_datasets``, ``sentencepiece``,
-  ``datasets``, ``grain``): the import fails under flax already;
+  installed here (``tensorflow``, ``tensorflow_datasets``, ``datasets``,
+  ``grain``; or one of the optional packages below): the import fails under
+  flax already;
 * tests that skip themselves (``self.skipTest``) under flax.
 
 Long scripts are shortened by text substitution, identically for both
 libraries (see ``SHORTEN`` below): the number of training steps only.
 
-The examples need a few pure-Python packages beyond the project's test extras:
-``absl-py``, ``ml_collections``, ``clu`` and ``jaxtyping`` (``pip install
-ml_collections clu``). They are for this benchmark only, not nnxlite
-dependencies. Run from the repository root::
+The examples need a few packages beyond the project's test extras: the
+pure-Python ``absl-py``, ``ml_collections``, ``clu`` and ``jaxtyping``, and
+``sentencepiece`` (a small wheel; gemma's ``sampler_test`` subclasses its
+``SentencePieceProcessor`` with a mock vocabulary, no model file):
+``pip install ml_collections clu sentencepiece``. They are for this benchmark
+only, not nnxlite dependencies. Without one, the files importing it are
+reported as skipped under both. Run from the repository root::
 
     python benchmarks/flax_examples_compat.py                         # every example
     python benchmarks/flax_examples_compat.py --only gemma/layers_test 01_functional
@@ -70,7 +74,7 @@ SCRIPTS = {
     "nnx_toy_examples": ["01_functional_api.py", "02_lifted_transforms.py", "03_train_state.py",
                          "04_data_parallel_with_jit.py", "05_vae.py", "06_scan_over_layers.py",
                          "07_array_leaves.py", "08_save_load_checkpoints.py", "09_parameter_surgery.py",
-                         "10_fsdp_and_optimizer.py"],
+                         "10_fsdp_and_optimizer.py", "hijax_basic.py", "hijax_demo.py"],
 }
 
 # Step counts shortened for both libraries (file -> [(old text, new text)]): the toy examples
@@ -82,10 +86,13 @@ SHORTEN = {
     "04_data_parallel_with_jit.py": [("enumerate(dataset(1000, 16))", "enumerate(dataset(200, 16))")],
     "07_array_leaves.py": [("total_steps = 10_000", "total_steps = 200")],
     "10_fsdp_and_optimizer.py": [("num_steps=10_000", "num_steps=200")],
+    "hijax_basic.py": [("total_steps = 10_000", "total_steps = 200")],
+    "hijax_demo.py": [("total_steps = 2_000", "total_steps = 200")],
 }
 
 # Importing any of these fails here (not installed) or needs the network: skipped under both.
-NEEDS_DATA = ("tensorflow", "tensorflow_datasets", "sentencepiece", "datasets", "grain", "kagglehub")
+NEEDS_DATA = ("tensorflow", "tensorflow_datasets", "sentencepiece", "datasets", "grain", "kagglehub",
+              "ml_collections", "clu")
 
 
 def to_nnxlite(code: str) -> str:

@@ -107,7 +107,17 @@ from nnxlite.compat.contexts import (
 )
 from nnxlite.compat.tree_api import NodeStates, abstract_with_sharding, as_abstract, from_tree, get_abstract_model, prefix, to_tree
 from nnxlite._data import Data, Static
+from nnxlite.compat.variable_names import register_variable_name, variable_name_from_type, variable_type_from_name
 from nnxlite.compat.submodules import OptArray, OptVariable
 from nnxlite.compat import submodules as _submodules
 
 globals().update(_submodules.make_submodules(__import__("sys").modules[__name__]))
+
+
+def __getattr__(name: str):
+    # nnx.bridge needs flax (Linen): imported on first use only, never by `import nnxlite`.
+    if name == "bridge":
+        import importlib
+
+        return importlib.import_module("nnxlite.bridge")
+    raise AttributeError(f"module 'nnxlite' has no attribute {name!r}")

@@ -216,6 +216,32 @@ class GraphDef:
         """Build a new object graph from this definition and ``states`` (see :func:`merge`)."""
         return merge(self, *states)
 
+    def apply(self, state: State | Mapping, *states: State | Mapping, graph: bool | None = None) -> Any:
+        """Call the merged object purely (flax's ``graphdef.apply``): ``(out, (graphdef, new_state))``.
+
+        ``graphdef.apply(state)(x)`` calls the object, ``.apply(state).method(x)``
+        a method; the object is merged fresh, so the inputs are not changed.
+
+        >>> import jax.numpy as jnp, nnxlite as nnx
+        >>> graphdef, state = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+        >>> y, (graphdef2, state2) = graphdef.apply(state)(jnp.ones((1, 2)))
+        >>> y.shape, graphdef2 == graphdef
+        ((1, 3), True)
+        """
+        from nnxlite.compat.submodules import CallableProxy
+
+        def run(accessor: Any, *args: Any, **kwargs: Any) -> Any:
+            obj = merge(self, state, *states)
+            out = accessor(obj)(*args, **kwargs)
+            return out, split(obj)
+
+        return CallableProxy(run)
+
+    @property
+    def num_leaves(self) -> int:
+        """How many leaves a full State of this graph has (flax's ``num_leaves``)."""
+        return len(self.paths)
+
     def __repr__(self) -> str:
         root_type = self.nodes[0][0].__name__ if self.root[0] == NODE else self.vardefs[0][0].__name__
         return f"GraphDef({root_type}, nodes={len(self.nodes)}, variables={len(self.vardefs)})"
@@ -1113,3 +1139,23 @@ def flatten_roots(roots: tuple) -> _Flat:
     Used by the lifted transforms: ``(model, optimizer)`` share the model.
     """
     return _traverse(tuple(roots))
+
+
+# flax code reaches some graph functions as ``nnx.graph.X`` (flax's graph module holds them all);
+# nnxlite defines them in its compatibility layer and at the top level, so forward those names.
+_TOP_LEVEL_GRAPH_NAMES = frozenset({
+    "flatten", "unflatten", "unpack", "find_duplicates", "recursive_map", "set_metadata", "vars_as", "with_vars",
+    "map_state", "iter_children", "iter_module_children", "cached_partial", "call", "as_pure", "pure", "map",
+    "variables", "set_graph_mode", "set_graph_updates", "FlatState", "GraphState", "PureState",
+})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TOP_LEVEL_GRAPH_NAMES:
+        import nnxlite
+
+        try:
+            return getattr(nnxlite, name)
+        except AttributeError:
+            pass
+    raise AttributeError(f"module 'nnxlite.graph' has no attribute {name!r}")

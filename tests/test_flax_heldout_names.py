@@ -246,3 +246,15 @@ def test_opt_types_and_submodules(nnx):
     assert nnx.visualization.display is nnx.display
     accessor = nnx.proxy_caller.DelayedAccessor().real
     assert accessor(3 + 4j) == 3.0
+
+
+def test_graphdef_apply_and_num_leaves(nnx):
+    model = nnx.BatchNorm(2, use_running_average=False, rngs=nnx.Rngs(0))
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    x = jnp.arange(6.0).reshape(3, 2)
+    y, (graphdef2, state2) = graphdef.apply(params, stats)(x)
+    np.testing.assert_allclose(y, model(x), rtol=1e-6)  # model(x) also updates model's stats
+    np.testing.assert_allclose(nnx.state(model, nnx.BatchStat)["mean"][...],
+                               state2["mean"][...] if nnx is nnxlite else state2["mean"].get_value(), rtol=1e-6)
+    assert graphdef2 == graphdef
+    assert graphdef.num_leaves == 4

@@ -45,7 +45,14 @@ _UPDATE_CONTEXTS: contextvars.ContextVar[tuple] = contextvars.ContextVar("nnx_up
 
 
 class UpdateContext:
-    """State of one ``update_context(tag)``: the objects its outer splits saw, by GraphDef."""
+    """State of one ``update_context(tag)``: the objects its outer splits saw, by GraphDef.
+
+    >>> import nnxlite as nnx
+    >>> with nnx.update_context("t") as ctx:
+    ...     graphdef, state = ctx.split(nnx.Linear(1, 1, rngs=nnx.Rngs(0)))
+    >>> len(ctx.outer_objects)
+    1
+    """
 
     def __init__(self, tag: Hashable):
         self.tag = tag
@@ -70,7 +77,12 @@ class UpdateContext:
 
 
 class SplitContext:
-    """``ctx.split(node, *filters)`` inside ``nnx.split_context``: ``nnx.split``."""
+    """``ctx.split(node, *filters)`` inside ``nnx.split_context``: ``nnx.split``.
+
+    >>> import nnxlite as nnx
+    >>> len(nnx.SplitContext().split(nnx.Linear(1, 1, rngs=nnx.Rngs(0)), nnx.Param, ...))
+    3
+    """
 
     def __init__(self, ctxtag: Hashable | None = None):
         self.ctxtag = ctxtag
@@ -82,7 +94,13 @@ class SplitContext:
 
 
 class MergeContext:
-    """``ctx.merge(graphdef, *states)`` inside ``nnx.merge_context``: ``nnx.merge``."""
+    """``ctx.merge(graphdef, *states)`` inside ``nnx.merge_context``: ``nnx.merge``.
+
+    >>> import nnxlite as nnx
+    >>> pair = nnx.split(nnx.Linear(1, 1, rngs=nnx.Rngs(0)))
+    >>> type(nnx.MergeContext().merge(*pair)).__name__
+    'Linear'
+    """
 
     def __init__(self, ctxtag: Hashable | None = None, inner: bool | None = None):
         self.ctxtag = ctxtag

@@ -36,7 +36,12 @@ A = TypeVar("A")
 
 
 class GraphFlatState(list):
-    """flax's ``FlatState``: a list of ``(path, Variable)`` pairs with ``.paths`` and ``.leaves``."""
+    """flax's ``FlatState``: a list of ``(path, Variable)`` pairs with ``.paths`` and ``.leaves``.
+
+    >>> import nnxlite as nnx
+    >>> nnx.flatten(nnx.Linear(1, 2, rngs=nnx.Rngs(0)))[1].paths
+    (('bias',), ('kernel',))
+    """
 
     @property
     def paths(self) -> tuple:
@@ -102,7 +107,12 @@ def unflatten(graphdef: Any, state: Any, /, *, index_ref: Any = None, outer_inde
 
 
 class GraphState(State):
-    """A State that carries its GraphDef (``nnx.unpack``); ``nnx.merge(graph_state)`` rebuilds the node."""
+    """A State that carries its GraphDef (``nnx.unpack``); ``nnx.merge(graph_state)`` rebuilds the node.
+
+    >>> import nnxlite as nnx
+    >>> type(nnx.merge(nnx.unpack(nnx.Linear(1, 2, rngs=nnx.Rngs(0))))).__name__
+    'Linear'
+    """
 
     __slots__ = ("_graphdef",)
 

@@ -36,7 +36,13 @@ __all__ = ["NodeStates", "to_tree", "from_tree", "prefix", "as_abstract", "abstr
 
 @dataclasses.dataclass(frozen=True)
 class NodeStates:
-    """A graph node as a pytree: its GraphDef (no leaves) and States, plus static ``metadata``."""
+    """A graph node as a pytree: its GraphDef (no leaves) and States, plus static ``metadata``.
+
+    >>> import jax, nnxlite as nnx
+    >>> ns = nnx.NodeStates.from_split(*nnx.split(nnx.Linear(1, 2, rngs=nnx.Rngs(0))))
+    >>> len(jax.tree.leaves(ns)), type(nnx.merge(ns.graphdef, ns.state)).__name__
+    (2, 'Linear')
+    """
 
     _graphdef: Any
     states: tuple
