@@ -43,6 +43,13 @@ reported as skipped under both. Run from the repository root::
 
 ``--examples`` points at flax's ``examples`` folder (default
 ``/work/flaxref/examples``).
+
+``--tests-dir`` measures a folder of unit tests instead, such as flax's own
+``tests/nnx`` (every ``*_test.py`` / ``test_*.py`` below it, one file at a time,
+run in a copy of the whole folder so that relative helpers resolve)::
+
+    python benchmarks/flax_examples_compat.py --tests-dir /work/flaxref/tests/nnx \
+        --flax-cache /tmp/flax_nnx_tests.json --timeout 600 --only optimizer_test nn/
 """
 
 from __future__ import annotations
@@ -95,11 +102,19 @@ NEEDS_DATA = ("tensorflow", "tensorflow_datasets", "sentencepiece", "datasets", 
               "ml_collections", "clu")
 
 
+def _split_flax_import(match: re.Match) -> str:
+    """``from flax import a, nnx, b`` -> ``import nnxlite as nnx`` + ``from flax import a, b``."""
+    indent, names = match.group(1), [n.strip() for n in match.group(2).split(",")]
+    others = [n for n in names if n != "nnx"]
+    lines = [f"{indent}import nnxlite as nnx"]
+    if others:
+        lines.append(f"{indent}from flax import {', '.join(others)}")
+    return "\n".join(lines)
+
+
 def to_nnxlite(code: str) -> str:
     """The one change a user makes: import nnxlite as nnx instead of flax.nnx."""
-    code = re.sub(r"^(\s*)from flax import nnx\s*,\s*(.+)$", r"\1import nnxlite as nnx\n\1from flax import \2",
-                  code, flags=re.M)
-    code = re.sub(r"^(\s*)from flax import (.+?)\s*,\s*nnx\s*$", r"\1from flax import \2\n\1import nnxlite as nnx",
+    code = re.sub(r"^([ \t]*)from flax import ((?:[\w ]+,)*\s*nnx\s*(?:,[\w ]+)*)[ \t]*$", _split_flax_import,
                   code, flags=re.M)
     code = re.sub(r"^(\s*)from flax import nnx\b(?!\.)", r"\1import nnxlite as nnx", code, flags=re.M)
     code = re.sub(r"^(\s*)import flax\.nnx as nnx\b", r"\1import nnxlite as nnx", code, flags=re.M)
@@ -238,6 +253,12 @@ def run_file(examples: Path, folder: str, file: str, kind: str, timeout: int, ca
     return result
 
 
+def test_files(folder: Path) -> list[str]:
+    """The unit-test files below ``folder``, as paths relative to it."""
+    found = {p for pattern in ("*_test.py", "test_*.py") for p in folder.rglob(pattern)}
+    return sorted(str(p.relative_to(folder)) for p in found if "__pycache__" not in p.parts)
+
+
 def report(results: list[FileResult]) -> str:
     lines = [f"{'file':46s} {'kind':6s} {'skip':>4s} {'flax':>5s} {'nnxlite':>7s}  note"]
     totals = {"test": [0, 0], "script": [0, 0]}
@@ -277,13 +298,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this file")
     parser.add_argument("--flax-cache", type=Path, default=None,
                         help="JSON file caching the flax runs between invocations (default: run flax every time)")
+    parser.add_argument("--tests-dir", type=Path, default=None,
+                        help="measure every *_test.py / test_*.py below this folder instead of the examples "
+                             "(e.g. flax's tests/nnx)")
     args = parser.parse_args(argv)
     cache = json.loads(args.flax_cache.read_text()) if args.flax_cache and args.flax_cache.exists() else None
     if args.flax_cache and cache is None:
         cache = {}
 
-    jobs = [(folder, file, "test") for folder, files in TESTS.items() for file in files]
-    jobs += [(folder, file, "script") for folder, files in SCRIPTS.items() for file in files]
+    if args.tests_dir:
+        jobs = [(args.tests_dir.name, file, "test") for file in test_files(args.tests_dir)]
+        args.examples = args.tests_dir.parent
+    else:
+        jobs = [(folder, file, "test") for folder, files in TESTS.items() for file in files]
+        jobs += [(folder, file, "script") for folder, files in SCRIPTS.items() for file in files]
     if args.only:
         jobs = [j for j in jobs if any(word in f"{j[0]}/{j[1]}" for word in args.only)]
     results = []
