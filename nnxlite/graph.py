@@ -1139,3 +1139,23 @@ def flatten_roots(roots: tuple) -> _Flat:
     Used by the lifted transforms: ``(model, optimizer)`` share the model.
     """
     return _traverse(tuple(roots))
+
+
+# flax code reaches some graph functions as ``nnx.graph.X`` (flax's graph module holds them all);
+# nnxlite defines them in its compatibility layer and at the top level, so forward those names.
+_TOP_LEVEL_GRAPH_NAMES = frozenset({
+    "flatten", "unflatten", "unpack", "find_duplicates", "recursive_map", "set_metadata", "vars_as", "with_vars",
+    "map_state", "iter_children", "iter_module_children", "cached_partial", "call", "as_pure", "pure", "map",
+    "variables", "set_graph_mode", "set_graph_updates", "FlatState", "GraphState", "PureState",
+})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TOP_LEVEL_GRAPH_NAMES:
+        import nnxlite
+
+        try:
+            return getattr(nnxlite, name)
+        except AttributeError:
+            pass
+    raise AttributeError(f"module 'nnxlite.graph' has no attribute {name!r}")

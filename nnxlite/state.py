@@ -31,6 +31,7 @@ from typing import Any
 import jax
 
 from nnxlite import filters as filterlib
+from nnxlite._state_flax import FlaxStateMethods
 from nnxlite.variables import Variable, _make
 
 __all__ = ["State", "StateStructure", "path_sort_key"]
@@ -95,7 +96,7 @@ class StateStructure:
         return f"StateStructure({len(self.paths)} paths)"
 
 
-class State(Mapping):
+class State(FlaxStateMethods, Mapping):
     """A pytree of state values keyed by path; see the module docstring.
 
     Construct one from a nested dict (``State({'w': x, 'sub': {'b': y}})``),
@@ -164,7 +165,7 @@ class State(Mapping):
         if isinstance(key, tuple):
             index = self._structure.index
             if key in index:
-                return self._leaves[index[key]]
+                return _leaf(self, key, self._leaves[index[key]])
             sub = self
             for k in key:
                 sub = sub[k]
@@ -172,7 +173,7 @@ class State(Mapping):
         index = self._structure.index
         single = (key,)
         if single in index:
-            return self._leaves[index[single]]
+            return _leaf(self, single, self._leaves[index[single]])
         s = self._structure
         picked = [i for i, p in enumerate(s.paths) if p[0] == key]
         if not picked:
@@ -316,6 +317,55 @@ def _short(v: Any) -> str:
     if shape is not None and dtype is not None and len(shape) > 0:
         return f"{dtype}{list(shape)}"
     return repr(v)
+
+
+class AbstractLeaf(jax.ShapeDtypeStruct):
+    """An abstract leaf read from a State: a ``jax.ShapeDtypeStruct`` that can be edited as flax does.
+
+    ``state['kernel']`` of an abstract State (from ``nnx.eval_shape``) gives
+    one of these. It *is* the shape/dtype struct (same shape, dtype and
+    sharding), and additionally ``.value`` reads it and assigning
+    ``.value = array`` writes the array into the State (flax's surgery
+    idiom). Concrete leaves are returned as they are.
+
+    >>> import jax, jax.numpy as jnp, nnxlite as nnx
+    >>> _, state = nnx.split(nnx.eval_shape(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(0))))
+    >>> state["kernel"].shape, isinstance(state["kernel"], jax.ShapeDtypeStruct)
+    ((2, 3), True)
+    >>> state["kernel"].value = jnp.ones((2, 3))
+    >>> float(state["kernel"].sum())
+    6.0
+    """
+
+    __slots__ = ("_state", "_path")
+
+    def __init__(self, state: "State", path: Path, struct: jax.ShapeDtypeStruct):
+        super().__init__(struct.shape, struct.dtype, sharding=struct.sharding, weak_type=struct.weak_type)
+        self._state, self._path = state, path
+
+    @property
+    def value(self) -> Any:
+        return self._state._leaves[self._state._structure.index[self._path]]
+
+    @value.setter
+    def value(self, new: Any) -> None:
+        self._state._set_path(self._path, new.raw_value if isinstance(new, Variable) else new)
+
+    def __setattr__(self, name: str, new: Any) -> None:
+        if name == "value":  # the struct itself stays immutable; the State's leaf changes
+            type(self).value.fset(self, new)
+        else:
+            super().__setattr__(name, new)
+
+    def get_value(self) -> Any:
+        return self.value
+
+    def set_value(self, new: Any) -> None:
+        self.value = new
+
+
+def _leaf(state: "State", path: Path, value: Any) -> Any:
+    return AbstractLeaf(state, path, value) if type(value) is jax.ShapeDtypeStruct else value
 
 
 def _init(state: State, leaves: list, structure: StateStructure, parent=None) -> None:

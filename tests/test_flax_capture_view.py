@@ -353,3 +353,54 @@ def test_update_model_grads_keeps_the_gradients_the_filter_selects(nnx):
     optimizer.update(model, grads)
     np.testing.assert_allclose(model.head.value, jnp.zeros(2))
     np.testing.assert_allclose(model.body.value, jnp.ones(2))  # not trained
+
+
+def test_state_mutable_mapping_methods(nnx):
+    class Two(nnx.Module):
+        def __init__(self, rngs):
+            self.a = nnx.Linear(2, 3, rngs=rngs)
+            self.b = nnx.Linear(3, 1, rngs=rngs)
+
+    state = nnx.state(Two(nnx.Rngs(0)))
+    b = state.pop("b")
+    assert list(state.keys()) == ["a"] and sorted(b.keys()) == ["bias", "kernel"]
+    assert state.pop("missing", None) is None
+    state.setdefault("b", b)
+    assert sorted(state.keys()) == ["a", "b"]
+    del state["a"]["bias"]
+    assert sorted(state["a"].keys()) == ["kernel"]
+    key, _ = state.popitem()
+    assert key == "a" and list(state.keys()) == ["b"]
+    state.clear()
+    assert len(state) == 0
+    flat = [(("w",), nnx.Param(jnp.ones(2)))]
+    rebuilt = nnx.State.from_flat_path(flat)
+    np.testing.assert_array_equal(_val(rebuilt["w"]), jnp.ones(2))
+    assert [p for p, _ in rebuilt.flat_state()] == [("w",)]
+    doubled = rebuilt.map(lambda path, x: x * 2)
+    np.testing.assert_array_equal(_val(doubled["w"]), 2 * jnp.ones(2))
+
+
+def test_initializers_take_out_sharding_and_linear_exposes_its_defaults(nnx):
+    from jax.sharding import AxisType, PartitionSpec as P
+
+    mesh = jax.make_mesh((1,), ("model",), axis_types=(AxisType.Explicit,))
+    init = nnx.initializers.lecun_normal()
+    key = jax.random.key(0)
+    with jax.set_mesh(mesh):
+        x = init(key, (4, 2), out_sharding=P(None, "model"))
+    assert x.sharding.spec == P(None, "model")
+    np.testing.assert_array_equal(x, init(key, (4, 2)))  # same values
+    assert nnx.nn.linear.default_kernel_init(key, (3, 2)).shape == (3, 2)
+
+
+def test_abstract_state_leaves_are_edited_through_value(nnx):
+    abs_model = nnx.eval_shape(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    _, abs_state = nnx.split(abs_model)
+    assert abs_state["kernel"].shape == (2, 3)
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(1))
+    abs_state["kernel"].value = model.kernel.value
+    abs_state["bias"].value = model.bias.value
+    nnx.update(abs_model, abs_state)
+    x = jnp.ones((1, 2))
+    np.testing.assert_allclose(abs_model(x), model(x))

@@ -121,6 +121,27 @@ def _prefix_stable(key: Any) -> bool:
     return jax.config.jax_default_prng_impl == "threefry2x32"
 
 
+_UNSET: Any = object()
+
+
+def _accepts_out_sharding(init):
+    """Give ``init`` JAX's ``out_sharding=`` keyword: the result is laid out by that spec on the current mesh."""
+
+    def with_out_sharding(key, shape, dtype=_UNSET, out_sharding=None):
+        x = init(key, shape) if dtype is _UNSET else init(key, shape, dtype)
+        if out_sharding is None:
+            return x
+        try:  # an Explicit-axes mesh: the layout is part of the type
+            return jax.sharding.reshard(x, out_sharding)
+        except (ValueError, TypeError):  # an Auto-axes mesh: a constraint (or a placement, eagerly)
+            if isinstance(x, jax.core.Tracer):
+                return jax.lax.with_sharding_constraint(x, out_sharding)
+            return jax.device_put(x, out_sharding)
+
+    with_out_sharding.__doc__ = init.__doc__
+    return with_out_sharding
+
+
 def _draw(sample, key: Any, shape: Sequence[int], dtype: Any, scale: jax.Array) -> jax.Array:
     """``sample(key, shape, dtype) * scale`` with the same values, compiled cheaply.
 
@@ -147,6 +168,7 @@ def normal(stddev: float = 1e-2, dtype: Any = None) -> Initializer:
     (2, 3)
     """
 
+    @_accepts_out_sharding
     def init(key, shape, dtype=dtype):
         dtype = _float_dtype(dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
@@ -164,6 +186,7 @@ def uniform(scale: float = 1e-2, dtype: Any = None) -> Initializer:
     True
     """
 
+    @_accepts_out_sharding
     def init(key, shape, dtype=dtype):
         dtype = _float_dtype(dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
@@ -181,6 +204,7 @@ def truncated_normal(stddev: float = 1e-2, dtype: Any = None, lower: float = -2.
     True
     """
 
+    @_accepts_out_sharding
     def init(key, shape, dtype=dtype):
         dtype = _float_dtype(dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
@@ -237,6 +261,7 @@ def variance_scaling(
     if distribution not in distributions:
         raise ValueError(f"variance_scaling: distribution={distribution!r} is not one of {distributions}.")
 
+    @_accepts_out_sharding
     def init(key, shape, dtype=dtype):
         dtype = _float_dtype(dtype)
         if not jnp.issubdtype(dtype, jnp.floating):  # complex: JAX's own disk/complex-normal samplers

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from nnxlite.module import Module
 from nnxlite.nn import initializers
 from nnxlite.nn import _sharding, dtypes
+from nnxlite.nn.initializers import default_bias_init, default_kernel_init  # noqa: F401  (flax: nnx.nn.linear.default_kernel_init)
 from nnxlite.nn.initializers import Initializer
 from nnxlite.functional import param_from_init
 from nnxlite.rng import Context
