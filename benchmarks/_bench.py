@@ -13,6 +13,7 @@ keeps ratios stable on a machine whose speed drifts.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import platform
 import statistics
@@ -93,7 +94,13 @@ def median_ratios(times: dict[str, list[float]], reference: str | None = None) -
 
 
 def first_call(fn: Callable[[], Any]) -> float:
-    """Seconds of one call of ``fn``, waiting for its result (for a first call: trace + compile + run)."""
+    """Seconds of one call of ``fn``, waiting for its result (for a first call: trace + compile + run).
+
+    A full garbage collection runs first: with millions of live objects (a
+    20,000-leaf model and its traces) one that fell inside the timing would
+    add seconds to whichever variant it hit.
+    """
+    gc.collect()
     t0 = time.perf_counter()
     block(fn())
     return time.perf_counter() - t0

@@ -298,9 +298,10 @@ class MultiHeadAttention(Module):
       normalize_qk: apply LayerNorm to the projected queries and keys.
       qkv_promote_dtype, out_promote_dtype, ln_promote_dtype: the
         ``promote_dtype`` functions of the projections and LayerNorms.
-      qkv_dot_general, out_dot_general, qkv_dot_general_cls,
-        out_dot_general_cls: the contraction ops of the projections (see
+      qkv_dot_general, out_dot_general: the contraction ops of the projections (see
         :class:`~nnxlite.nn.LinearGeneral`).
+      qkv_dot_general_cls, out_dot_general_cls: classes giving those ops, as in
+        :class:`~nnxlite.nn.LinearGeneral`.
       ctx: the Context for parameter keys; ``rngs=`` is the same parameter
         (flax.nnx's spelling).
       keep_ctx: keep a ``dropout`` stream (seeded from ``ctx``) for calls

@@ -87,9 +87,9 @@ class Conv(Module):
         kernel at each call (e.g. a causal or sparse connectivity mask).
       conv_general_dilated: the convolution op (default
         ``jax.lax.conv_general_dilated``).
-      dtype, param_dtype, precision, kernel_init, bias_init, promote_dtype,
-        preferred_element_type, ctx (or rngs), kernel_metadata, bias_metadata:
-        as for :class:`~nnxlite.nn.Linear`.
+      dtype, param_dtype, precision, kernel_init, bias_init: as for :class:`~nnxlite.nn.Linear`.
+      promote_dtype, preferred_element_type: as for :class:`~nnxlite.nn.Linear`.
+      ctx (or rngs), kernel_metadata, bias_metadata: as for :class:`~nnxlite.nn.Linear`.
     """
 
     def __init__(
@@ -220,9 +220,10 @@ class ConvTranspose(Module):
     ``p``.
 
     Args:
-      in_features, out_features, kernel_size, strides, kernel_dilation, use_bias, mask,
-      dtype, param_dtype, precision, kernel_init, bias_init, promote_dtype,
-      preferred_element_type, ctx (or rngs), kernel_metadata, bias_metadata: as for :class:`Conv`.
+      in_features, out_features, kernel_size, strides, kernel_dilation: as for :class:`Conv`.
+      use_bias, mask, dtype, param_dtype, precision, kernel_init, bias_init: as for :class:`Conv`.
+      promote_dtype, preferred_element_type: as for :class:`Conv`.
+      ctx (or rngs), kernel_metadata, bias_metadata: as for :class:`Conv`.
       padding: ``'SAME'``, ``'VALID'``, an int, or one int or ``(low, high)``
         pair per spatial axis.
       transpose_kernel: use the ``(*window, out, in)`` layout and flip the

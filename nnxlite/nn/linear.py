@@ -237,9 +237,9 @@ class LinearGeneral(Module):
       axis: the input axis or axes to contract (same length as ``in_features``).
       batch_axis: ``{axis: size}`` for leading batch axes with their own kernel;
         the axes must be ``0, 1, ...`` in order.
-      use_bias, dtype, param_dtype, precision, kernel_init, bias_init,
-        promote_dtype, preferred_element_type, ctx (or rngs),
-        kernel_metadata, bias_metadata: as for :class:`Linear`.
+      use_bias, dtype, param_dtype, precision: as for :class:`Linear`.
+      kernel_init, bias_init, promote_dtype, preferred_element_type: as for :class:`Linear`.
+      ctx (or rngs), kernel_metadata, bias_metadata: as for :class:`Linear`.
       dot_general: the contraction op (None: ``jax.lax.dot_general``).
       dot_general_cls: a class instantiated (no arguments) at each call to
         give the contraction op; it wins over ``dot_general``.
@@ -362,9 +362,9 @@ class Einsum(Module):
         equation overrides the constructor's).
       kernel_shape: shape of ``kernel``.
       bias_shape: shape of ``bias``, or None for no bias.
-      dtype, param_dtype, precision, kernel_init, bias_init, promote_dtype,
-        preferred_element_type, ctx (or rngs), kernel_metadata, bias_metadata:
-        as for :class:`Linear`.
+      dtype, param_dtype, precision, kernel_init, bias_init: as for :class:`Linear`.
+      promote_dtype, preferred_element_type: as for :class:`Linear`.
+      ctx (or rngs), kernel_metadata, bias_metadata: as for :class:`Linear`.
       einsum_op: the einsum function (default ``jnp.einsum``).
     """
 

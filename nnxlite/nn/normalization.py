@@ -374,10 +374,10 @@ class RMSNorm(Module):
     [0.8485, 1.1314]
 
     Args:
-      num_features, epsilon, dtype, param_dtype, use_scale, scale_init,
-      reduction_axes, feature_axes, axis_name, axis_index_groups,
-      use_fast_variance, promote_dtype, ctx (or rngs), scale_metadata: as for
-      :class:`LayerNorm`.
+      num_features, epsilon, dtype, param_dtype, use_scale, scale_init: as for :class:`LayerNorm`.
+      reduction_axes, feature_axes, axis_name, axis_index_groups: as for :class:`LayerNorm`.
+      use_fast_variance, promote_dtype: as for :class:`LayerNorm`.
+      ctx (or rngs), scale_metadata: as for :class:`LayerNorm`.
     """
 
     def __init__(
@@ -438,9 +438,9 @@ class GroupNorm(Module):
       group_size: channels per group.
       reduction_axes: the axes the statistics are taken over; must include
         the last axis. Default: every axis but the first (the batch axis).
-      epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init,
-      axis_name, axis_index_groups, use_fast_variance, promote_dtype, ctx (or rngs),
-      bias_metadata, scale_metadata: as for :class:`LayerNorm`.
+      epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init: as for :class:`LayerNorm`.
+      axis_name, axis_index_groups, use_fast_variance, promote_dtype: as for :class:`LayerNorm`.
+      ctx (or rngs), bias_metadata, scale_metadata: as for :class:`LayerNorm`.
     """
 
     def __init__(
@@ -546,9 +546,9 @@ class InstanceNorm(Module):
     Args:
       num_features: number of features (the size of the feature axes).
       feature_axes: the axes the parameters live on (not reduced; not axis 0).
-      epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init,
-      axis_name, axis_index_groups, use_fast_variance, promote_dtype, ctx (or rngs),
-      bias_metadata, scale_metadata: as for :class:`LayerNorm`.
+      epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init: as for :class:`LayerNorm`.
+      axis_name, axis_index_groups, use_fast_variance, promote_dtype: as for :class:`LayerNorm`.
+      ctx (or rngs), bias_metadata, scale_metadata: as for :class:`LayerNorm`.
     """
 
     def __init__(

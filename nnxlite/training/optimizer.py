@@ -152,9 +152,9 @@ class Optimizer(Module):
         names any extra ones.
 
         Args:
-          grads: the gradients, as returned by ``nnx.grad(..., wrt=<the same
-            filter>)`` for the model: one entry per trained Variable, at the
-            same paths.
+          *args: ``(grads,)`` or ``(model, grads)``, where ``grads`` are the
+            gradients as returned by ``nnx.grad(..., wrt=<the same filter>)``
+            for the model: one entry per trained Variable, at the same paths.
           **kwargs: extra arguments for transformations that need them, e.g.
             ``value=loss`` for ``optax.contrib.reduce_on_plateau`` or
             ``optax.scale_by_zoom_linesearch``. Transformations that take no
