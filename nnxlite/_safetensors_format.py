@@ -172,8 +172,11 @@ def read_bytes(f, header: Header, name: str) -> np.ndarray:
     return buf
 
 
-def read_into(f, header: Header, name: str, out: Any) -> None:
+def read_into(f, header: Header, name: str, out: Any, offset: int | None = None) -> None:
     """Read tensor ``name``'s bytes straight into ``out``, a writable buffer of exactly its size.
+
+    With ``offset``, ``out`` receives the bytes from ``offset`` on instead (as
+    many as it holds), e.g. some rows of a matrix.
 
     Letting the caller own the buffer means the bytes are copied once, from
     the file into the memory they end up in (nnxlite's PyTorch loader reads
@@ -192,9 +195,14 @@ def read_into(f, header: Header, name: str, out: Any) -> None:
     """
     t = header.tensors[name]
     view = memoryview(out).cast("B")
-    if len(view) != t.end - t.begin:
-        raise ValueError(f"tensor {name!r} has {t.end - t.begin} bytes; the buffer given holds {len(view)}")
-    f.seek(header.data_start + t.begin)
+    size = t.end - t.begin
+    if offset is None:
+        if len(view) != size:
+            raise ValueError(f"tensor {name!r} has {size} bytes; the buffer given holds {len(view)}")
+        offset = 0
+    elif not 0 <= offset <= offset + len(view) <= size:
+        raise ValueError(f"tensor {name!r} has {size} bytes; bytes {offset}..{offset + len(view)} are not in it")
+    f.seek(header.data_start + t.begin + offset)
     done = 0
     while done < len(view):
         got = f.readinto(view[done:])

@@ -242,3 +242,17 @@ def test_converted_tensors_read_through_one_scratch_buffer_stay_distinct(tmp_pat
         np.testing.assert_array_equal(model.layers[i].kernel.value, arrays[f"{i}.weight"].astype(np.float32).T)
         np.testing.assert_array_equal(model.layers[i].bias.value, arrays[f"{i}.bias"].astype(np.float32))
     np.testing.assert_array_equal(model.embed.embedding.value, arrays["embed.weight"].astype(np.float32))
+
+
+@pytest.mark.parametrize("stored", ["float32", "float16"])
+def test_linear_weights_are_transposed_in_row_blocks(tmp_path, monkeypatch, stored):
+    """Large Linear weights are read a block of rows at a time; tiny blocks exercise partial and uneven reads."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    monkeypatch.setattr(tx, "_BLOCK_BYTES", 64)  # 64 bytes: 3 rows of 5 float32 (or 6 of float16) per block
+    rng = np.random.RandomState(0)
+    arrays = {"weight": rng.randn(37, 5).astype(stored), "bias": rng.randn(37).astype(stored)}
+    safetensors_numpy.save_file(arrays, str(tmp_path / "m.safetensors"))
+    for model in (nnx.Linear(5, 37, ctx=nnx.context(0)), nnx.eval_shape(lambda: nnx.Linear(5, 37, ctx=nnx.context(0)))):
+        tx.load_state_dict(model, tmp_path / "m.safetensors")
+        np.testing.assert_array_equal(model.kernel.value, arrays["weight"].astype(np.float32).T)
+        np.testing.assert_array_equal(model.bias.value, arrays["bias"].astype(np.float32))

@@ -44,6 +44,8 @@ class Slot:
     # transposed view is reshaped after it is laid out densely (reshaping a view first would copy it slowly).
     load: Callable[[np.ndarray], tuple[np.ndarray, ...]]
     export: Callable[..., np.ndarray]  # one array per path -> PyTorch layout
+    # ``load`` is exactly ``(w.T,)`` of a matrix (then reshaped): the loader may transpose it in row blocks.
+    transposed: bool = False
 
 
 def model_slots(model: Any) -> dict[str, Slot]:
@@ -118,7 +120,7 @@ def _linear(module: Linear, name, path, variables) -> list[Slot]:
     d_in, d_out = _shape(variables[p])
     kernel = Slot(
         _join(name, "weight"), (p,), (d_out, d_in), "Linear.weight (out, in) = kernel (in, out) transposed",
-        lambda w: (w.T,), lambda k: k.T,
+        lambda w: (w.T,), lambda k: k.T, transposed=True,
     )
     return [kernel, *_bias(name, path, variables, "Linear")]
 
@@ -135,7 +137,7 @@ def _linear_general(module: LinearGeneral, name, path, variables) -> list[Slot]:
     kernel = Slot(
         _join(name, "weight"), (p,), (d_out, d_in),
         f"Linear.weight (out, in) = kernel {shape} flattened to (in, out), transposed",
-        lambda w: (w.T,), lambda k: k.reshape(d_in, d_out).T,  # reshaped when placed
+        lambda w: (w.T,), lambda k: k.reshape(d_in, d_out).T, transposed=True,  # reshaped when placed
     )
     out = [kernel]
     b = _present(variables, path, "bias")

@@ -110,6 +110,16 @@ class SafetensorsSource(Source):
         handle, header = self.where[name]
         return fmt.CODE_DTYPES[header.tensors[name].code]
 
+    def read_rows(self, name: str, start: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``start : start + len(out)`` (along the first axis) of ``name``, read into ``out``."""
+        handle, header = self.where[name]
+        row_bytes = out[0].nbytes if len(out) else 0
+        try:
+            fmt.read_into(handle, header, name, out.reshape(-1).view(np.uint8), offset=start * row_bytes)
+        except fmt.FormatError as err:
+            raise ValueError(f"load_state_dict: {handle.name}: {err}; the file changed while it was read.") from None
+        return out
+
     def read(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
         handle, header = self.where[name]
         info = header.tensors[name]

@@ -160,9 +160,12 @@ def load_state_dict(
             slot = slots[target]
             transforms = [r.transform for r in applied if r.transform is not None]
             # A tensor that is converted (transposed, cast) is copied anyway: read it into reused memory.
-            into = None
-            if source.owns_arrays and not _adopted_as_read(slot, transforms, source, name, variables):
-                into = scratch.array(source.shape(name), source.dtype(name))
+            converted = source.owns_arrays and not _adopted_as_read(slot, transforms, source, name, variables)
+            if converted and slot.transposed and not transforms and hasattr(source, "read_rows"):
+                (path,) = slot.paths
+                values[path] = _transposed_in_blocks(source, name, scratch, variables[path].raw_value)
+                continue
+            into = scratch.array(source.shape(name), source.dtype(name)) if converted else None
             array = _transformed(source.read(name, into), transforms)
             for path, part in zip(slot.paths, slot.load(array)):
                 owned = source.owns_arrays and not (into is not None and scratch.holds(np.asarray(part)))
@@ -323,6 +326,30 @@ def _adopted_as_read(slot: Slot, transforms: list, source: Any, name: str, varia
                 and part.dtype == variables[path].raw_value.dtype):
             return True
     return False
+
+
+# Rows of a matrix read at a time when transposing it: small enough to stay in cache, and the
+# scratch buffer then never needs the whole matrix (peak memory stays near the checkpoint's size).
+_BLOCK_BYTES = 4 << 20
+
+
+def _transposed_in_blocks(source: Any, name: str, scratch: Scratch, old: Any) -> Any:
+    """A stored ``(out, in)`` matrix as a JAX array of ``old``'s shape and dtype, laid out ``(in, out)``.
+
+    Read a block of rows at a time into the scratch buffer and copied,
+    transposed, into the fresh buffer JAX adopts: one pass over the new
+    memory, and no tensor-sized temporary.
+    """
+    rows, cols = source.shape(name)
+    dtype = source.dtype(name)
+    dense = host_empty((cols, rows), old.dtype)
+    step = max(1, _BLOCK_BYTES // max(1, cols * dtype.itemsize))
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        block = source.read_rows(name, start, scratch.array((stop - start, cols), dtype))
+        copy_into(dense[:, start:stop], block.T)
+    sharding = getattr(old, "sharding", None) if isinstance(old, jax.Array) else None
+    return jax.device_put(dense.reshape(old.shape), sharding)
 
 
 def _placed_like(part: np.ndarray, old: Any, *, may_alias: bool) -> Any:
