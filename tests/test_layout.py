@@ -8,7 +8,7 @@ import nnxlite as nnx
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CORE = ["_epoch", "_data", "variables", "_variable_flax", "filters", "state", "graph", "pytree", "module", "rng", "_random_methods"]
+CORE = ["_epoch", "_data", "variables", "_variable_flax", "_state_flax", "filters", "state", "graph", "pytree", "module", "rng", "_random_methods"]
 
 
 def test_core_does_not_import_display_transforms_or_layers_at_load():
