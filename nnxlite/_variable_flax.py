@@ -28,17 +28,24 @@ class FlaxVariableMethods:
     # ``nnx.Variable[A]`` in annotations and ``class Count(nnx.Variable[A])``, as flax's generic Variable.
     __class_getitem__ = classmethod(types.GenericAlias)
 
+    # A subclass may override these two as hooks (flax.nnx): ``.value`` and ``v[i]`` then call
+    # them, so they reach the stored value through Variable's own accessors, never ``self.value``.
     def get_value(self, *, index: Any = _MISSING) -> Any:
         """The held value (``.value``), or ``value[index]``."""
-        value = self.value
-        return value if index is _MISSING else value[index]
+        from nnxlite.variables import Variable
+
+        if index is _MISSING:
+            return Variable.value.fget(self)
+        return Variable.__getitem__(self, index)
 
     def set_value(self, value: Any, *, index: Any = _MISSING) -> None:
         """Replace the held value (``.value = value``), or set ``value`` at ``index``."""
+        from nnxlite.variables import Variable
+
         if index is _MISSING:
-            self.value = value
+            Variable.value.fset(self, value)
         else:
-            self[index] = value
+            Variable.__setitem__(self, index, value)
 
     def get_raw_value(self) -> Any:
         """The held value, without any read hook."""

@@ -28,6 +28,7 @@ traversal is reused only when it is exactly right; value edits do not bump it.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
 
@@ -168,6 +169,9 @@ class GraphDef:
     >>> a == b, hash(a) == hash(b)
     (True, True)
     """
+
+    # ``nnx.GraphDef[Model]`` in annotations, as flax's generic GraphDef.
+    __class_getitem__ = classmethod(types.GenericAlias)
 
     __slots__ = (
         "nodes", "vardefs", "paths", "root", "statics", "_hash", "_plan", "_data_leaves", "_structure", "_edges",

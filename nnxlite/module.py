@@ -98,17 +98,29 @@ class Module(Pytree):
             if isinstance(value, Module):
                 yield name, value
 
-    def set_attributes(self, *, raise_if_not_found: bool = True, **attributes: Any) -> None:
+    def set_attributes(
+        self, *filters: Any, raise_if_not_found: bool = True, graph: bool | None = None, **attributes: Any
+    ) -> None:
         """Set attributes on every sub-module that already has them.
 
+        Positional filters (flax.nnx) limit it to the sub-modules they select
+        (``model.set_attributes(nnx.Dropout, deterministic=True)``). ``graph=``
+        is accepted for flax.nnx code and changes nothing: nnxlite has one mode.
+
         >>> import nnxlite as nnx
-        >>> model = nnx.Sequence([nnx.Dropout(0.5)])
+        >>> model = nnx.Sequence([nnx.Dropout(0.5), nnx.BatchNorm(2, rngs=nnx.Rngs(0))])
         >>> model.set_attributes(deterministic=True)
         >>> model.layers[0].deterministic
         True
+        >>> model.set_attributes(nnx.BatchNorm, use_running_average=False, graph=True)
+        >>> model.layers[1].use_running_average
+        False
         """
+        predicates = [filterlib.to_predicate(f) for f in filters]
         found = set()
-        for _, module in self.iter_modules():
+        for path, module in self.iter_modules():
+            if predicates and not any(p(path, module) for p in predicates):
+                continue
             for name, value in attributes.items():
                 if name in vars(module):
                     setattr(module, name, value)

@@ -82,7 +82,34 @@ class _VariableMeta(type):
         jax.tree_util.register_pytree_with_keys(
             cls, _flatten_variable_with_keys, _unflatten_variable, flatten_func=_flatten_variable
         )
+        if bases and ("get_value" in namespace or "set_value" in namespace):
+            _route_through_hooks(cls, namespace)
         return cls
+
+
+def _inherited(cls: type, name: str) -> Any:
+    return next(base.__dict__[name] for base in cls.__mro__[1:] if name in base.__dict__)
+
+
+def _route_through_hooks(cls: type, namespace: dict) -> None:
+    """Make ``.value``, ``v[i]`` and array use call an overridden ``get_value``/``set_value``.
+
+    flax.nnx funnels every read and write through these two methods, so a
+    subclass can transform values on the way in or out. nnxlite does the same
+    for the subclasses that override them; other Variables keep their direct
+    (faster) accessors. The graph traversal reads and writes ``raw_value``, so
+    State holds what is stored, as in flax.
+    """
+    value = _inherited(cls, "value")
+    fget, fset = value.fget, value.fset
+    if "get_value" in namespace:
+        fget = lambda self: self.get_value()  # noqa: E731
+        cls.__getitem__ = lambda self, index: self.get_value(index=index)
+        cls.__jax_array__ = lambda self: self.get_value()
+    if "set_value" in namespace:
+        fset = lambda self, new: self.set_value(new)  # noqa: E731
+        cls.__setitem__ = lambda self, index, new: self.set_value(new, index=index)
+    cls.value = property(fget, fset, doc=value.__doc__)
 
 
 class Variable(FlaxVariableMethods, metaclass=_VariableMeta):

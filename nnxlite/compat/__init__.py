@@ -240,3 +240,29 @@ def _unflatten(flat: Mapping) -> dict:
 
 def _map_nested(d: Mapping, fn: Callable) -> dict:
     return {k: _map_nested(v, fn) if isinstance(v, Mapping) else fn(v) for k, v in d.items()}
+
+
+# flax.nnx.compat keeps graph-mode versions of flax's transforms and graph functions
+# (``nnx.compat.jit``, ``nnx.compat.value_and_grad``, ...) for code written before its
+# tree mode. nnxlite has one mode, graph semantics at tree speed, so each of them is
+# simply the top-level function of the same name.
+_FLAX_GRAPH_MODE_NAMES = frozenset({
+    "backup_keys", "cached_partial", "checkify", "clone", "cond", "custom_vjp", "eval_shape", "flatten",
+    "fori_loop", "fork_rngs", "get_abstract_model", "grad", "graphdef", "iter_children", "iter_graph",
+    "iter_modules", "jit", "jvp", "pmap", "recursive_map", "remat", "reseed", "scan", "shard_map", "split",
+    "split_rngs", "state", "switch", "value_and_grad", "view", "view_info", "vjp", "vmap", "while_loop",
+})
+
+
+def __getattr__(name: str) -> Any:
+    """``nnx.compat.jit`` and flax's other graph-mode names: nnxlite's own functions.
+
+    >>> import nnxlite as nnx
+    >>> nnx.compat.jit is nnx.jit, nnx.compat.value_and_grad is nnx.value_and_grad
+    (True, True)
+    """
+    if name in _FLAX_GRAPH_MODE_NAMES:
+        import nnxlite
+
+        return getattr(nnxlite, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
