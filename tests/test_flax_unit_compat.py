@@ -129,3 +129,26 @@ def test_set_attributes_filters_and_graph_keyword(lib):
     assert model.layers[0].deterministic is True
     with pytest.raises((AttributeError, ValueError)):  # the filter selects no module with that attribute
         model.set_attributes(lib.Dropout, use_running_average=False)
+
+
+@pytest.mark.parametrize("lib", _libs(), ids=lambda m: m.__name__)
+def test_einsum_kernel_operand_may_use_ellipsis(lib):
+    x = jax.random.normal(jax.random.key(0), (8, 6, 7, 3, 4))
+    layer = lib.Einsum("d...ab,bc...->ad...c", (4, 5, 6, 7), (6, 7, 5), rngs=lib.Rngs(0))
+    y = layer(x)
+    kernel, bias = np.asarray(layer.kernel[...]), np.asarray(layer.bias[...])
+    expected = np.einsum("d...ab,bc...->ad...c", np.asarray(x), kernel) + bias
+    assert y.shape == (3, 8, 6, 7, 5)
+    np.testing.assert_allclose(y, expected, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("lib", _libs(), ids=lambda m: m.__name__)
+def test_einsum_int_bias_shape(lib):
+    layer = lib.Einsum("ik,kj->ij", (5, 4), 4, rngs=lib.Rngs(0))
+    assert layer.bias.shape == (4,)
+    assert layer(jnp.ones((2, 5))).shape == (2, 4)
+
+
+def test_einsum_kernel_operand_naming_too_many_axes_is_an_error():
+    with pytest.raises(ValueError, match="names 3 axes but kernel_shape"):
+        nnx.Einsum("ab,bcd...->ac", (4, 5), rngs=nnx.Rngs(0))

@@ -393,7 +393,8 @@ class Einsum(Module):
         self.preferred_element_type = preferred_element_type
         self.einsum_str = None if einsum_str is None else _check_equation(einsum_str, tuple(kernel_shape))
         self.kernel_shape = tuple(kernel_shape)
-        self.bias_shape = None if bias_shape is None else tuple(bias_shape)
+        # flax.nnx also takes a bare int for a one-axis bias.
+        self.bias_shape = None if bias_shape is None else (bias_shape,) if isinstance(bias_shape, int) else tuple(bias_shape)
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
@@ -414,7 +415,7 @@ class Einsum(Module):
         op_sharding = _sharding.einsum_out_sharding(out_sharding, eq, x, kernel)
         y = self.einsum_op(eq, x, kernel, precision=self.precision, **_dot_kwargs(self.preferred_element_type, op_sharding))
         if bias is not None:
-            shape = _bias_broadcast_shape(eq, self.kernel_shape, y.ndim)
+            shape = _bias_broadcast_shape(eq, self.kernel_shape, x.ndim)
             if math.prod(shape) != bias.size:
                 kernel_axes = tuple(n for n in shape if n != 1)
                 raise ValueError(
@@ -437,23 +438,32 @@ def _check_equation(einsum_str: str, kernel_shape: tuple[int, ...]) -> str:
     if inputs.count(",") != 1:
         raise ValueError(f"Einsum: the equation {einsum_str!r} must have exactly two operands: input,kernel.")
     rhs = inputs.split(",")[1]
-    if "." in rhs:
-        raise ValueError(f"Einsum: the kernel operand {rhs!r} cannot use '...'; name every kernel axis.")
-    if len(rhs) != len(kernel_shape):
+    named = len(rhs.replace("...", ""))
+    # With '...' the kernel operand names only some axes; the ellipsis stands for the rest.
+    if named > len(kernel_shape) or ("..." not in rhs and named != len(kernel_shape)):
         raise ValueError(
-            f"Einsum: the kernel operand {rhs!r} names {len(rhs)} axes but kernel_shape is {kernel_shape}."
+            f"Einsum: the kernel operand {rhs!r} names {named} axes but kernel_shape is {kernel_shape}."
         )
     return eq
 
 
-def _bias_broadcast_shape(eq: str, kernel_shape: tuple[int, ...], y_ndim: int) -> tuple[int, ...]:
+def _explicit(eq: str, x_ndim: int, kernel_ndim: int) -> tuple[str, str, str]:
+    """``(lhs, rhs, out)`` of ``eq`` with each ``...`` spelled out in letters, as numpy broadcasts them.
+
+    The ellipses of both operands are right-aligned: the last axes they cover share letters.
+    """
+    lhs, rhs = eq.split("->")[0].split(",")
+    out = eq.split("->")[1]
+    n_lhs = x_ndim - len(lhs.replace("...", "")) if "..." in lhs else 0
+    n_rhs = kernel_ndim - len(rhs.replace("...", "")) if "..." in rhs else 0
+    n = max(n_lhs, n_rhs)
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in eq][:n]
+    ell = "".join(free)
+    return lhs.replace("...", ell[n - n_lhs:]), rhs.replace("...", ell[n - n_rhs:]), out.replace("...", ell)
+
+
+def _bias_broadcast_shape(eq: str, kernel_shape: tuple[int, ...], x_ndim: int) -> tuple[int, ...]:
     """Shape that puts the bias on the output axes coming from the kernel (1 elsewhere)."""
-    rhs, out = eq.split("->")[0].split(",")[1], eq.split("->")[1]
+    _, rhs, out = _explicit(eq, x_ndim, len(kernel_shape))
     sizes = dict(zip(rhs, kernel_shape))
-    shape: list[int] = []
-    for token in out.replace("...", "."):
-        if token == ".":
-            shape.extend([1] * (y_ndim - (len(out) - 3)))
-        else:
-            shape.append(sizes.get(token, 1))
-    return tuple(shape)
+    return tuple(sizes.get(token, 1) for token in out)
