@@ -658,7 +658,7 @@ def _states(flat: _Flat, filters: tuple, complete: bool) -> list[State]:
 # ---------------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------------
-def split(node: Any, *filters: filterlib.Filter) -> tuple:
+def split(node: Any, *filters: filterlib.Filter, graph: bool | None = None) -> tuple:
     """Split a graph into its static :class:`GraphDef` and one State per filter.
 
     With no filter, one State holds everything. With several filters each
@@ -674,12 +674,16 @@ def split(node: Any, *filters: filterlib.Filter) -> tuple:
 
     Shared Variables and sub-modules appear once (under their first path in
     canonical order) and are shared again after :func:`merge`.
+
+    ``graph=`` (flax.nnx's graph/tree mode switch, here and in :func:`state`,
+    :func:`graphdef`, :func:`clone`, :func:`iter_graph`) is accepted and
+    changes nothing: nnxlite always keeps graph semantics.
     """
     flat = _flat(node)
     return (flat.graphdef, *_states(flat, filters, complete=True))
 
 
-def graphdef(node: Any) -> GraphDef:
+def graphdef(node: Any, /, *, graph: bool | None = None) -> GraphDef:
     """The :class:`GraphDef` of ``node`` (cached while its structure is unchanged).
 
     >>> import nnxlite as nnx
@@ -689,7 +693,7 @@ def graphdef(node: Any) -> GraphDef:
     return _flat(node).graphdef
 
 
-def state(node: Any, *filters: filterlib.Filter) -> State | tuple[State, ...]:
+def state(node: Any, *filters: filterlib.Filter, graph: bool | None = None) -> State | tuple[State, ...]:
     """The State of ``node``: everything, or one State per filter (no completeness check).
 
     >>> import nnxlite as nnx
@@ -1074,7 +1078,7 @@ def _copy_leaves(leaves: list) -> list:
     return out
 
 
-def clone(node: Any) -> Any:
+def clone(node: Any, variables: bool = True, *, arrays: bool = False, graph: bool | None = None) -> Any:
     """An independent deep copy of a graph: new objects, new array buffers, sharing preserved.
 
     The copy owns its arrays, so donating the original to ``nnx.jit`` (or
@@ -1085,7 +1089,14 @@ def clone(node: Any) -> Any:
     >>> other = nnx.clone(model)
     >>> other is model, other.kernel is model.kernel, other.kernel.value is model.kernel.value
     (False, False, False)
+
+    flax.nnx's ``arrays=`` is accepted: nnxlite always copies the buffers.
     """
+    if not variables:
+        raise ValueError(
+            "nnx.clone(node, variables=False) (a copy sharing the original's Variables) is not supported "
+            "by nnxlite; clone copies the Variables. To share them, keep using the original module."
+        )
     flat = _flat(node)
     return _build(flat.graphdef, _copy_leaves([v.raw_value for v in flat.variables]))
 
@@ -1122,7 +1133,7 @@ def pop(node: Any, *filters: filterlib.Filter) -> State | tuple[State, ...]:
     return states[0] if len(states) == 1 else tuple(states)
 
 
-def iter_graph(node: Any) -> Iterator[tuple[Path, Any]]:
+def iter_graph(node: Any, /, *, graph: bool | None = None) -> Iterator[tuple[Path, Any]]:
     """Yield ``(path, object)`` for every node and Variable, each once, in canonical order.
 
     >>> import nnxlite as nnx

@@ -152,3 +152,16 @@ def test_einsum_int_bias_shape(lib):
 def test_einsum_kernel_operand_naming_too_many_axes_is_an_error():
     with pytest.raises(ValueError, match="names 3 axes but kernel_shape"):
         nnx.Einsum("ab,bcd...->ac", (4, 5), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("lib", _libs(), ids=lambda m: m.__name__)
+def test_graph_functions_accept_the_graph_keyword(lib):
+    model = lib.Linear(2, 3, rngs=lib.Rngs(0))
+    graphdef, state = lib.split(model, graph=True)
+    assert lib.graphdef(model, graph=True) == graphdef
+    assert sorted(lib.to_pure_dict(lib.state(model, lib.Param, graph=True))) == ["bias", "kernel"]
+    other = lib.clone(model, graph=True)
+    assert other is not model and other.kernel is not model.kernel
+    np.testing.assert_array_equal(other.kernel[...], model.kernel[...])
+    assert len(list(lib.iter_graph(model, graph=True))) >= 3
+    assert [p for p, _ in lib.iter_modules(model, graph=True)] == [()]

@@ -138,14 +138,14 @@ def map_state(f: Callable[[tuple, Any], Any], state: State) -> State:
     return State.from_flat(values, defs)
 
 
-def iter_modules(module: Any) -> Iterator[tuple[tuple, Module]]:
+def iter_modules(module: Any, /, *, graph: bool | None = None) -> Iterator[tuple[tuple, Module]]:
     """``(path, module)`` for ``module`` and every sub-module, each once."""
     for path, obj in _graph.iter_graph(module):
         if isinstance(obj, Module):
             yield path, obj
 
 
-def iter_children(module: Any) -> Iterator[tuple[Any, Module]]:
+def iter_children(module: Any, /, *, graph: bool | None = None) -> Iterator[tuple[Any, Module]]:
     """``(attribute name, sub-module)`` for the direct sub-modules of ``module``."""
     for name, value in vars(module).items():
         if isinstance(value, Module):
@@ -177,7 +177,9 @@ def with_metadata(initializer: Callable, **metadata: Any) -> Callable:
     return init
 
 
-def cached_partial(f: Callable, *cached_args: Any) -> Callable:
+def cached_partial(
+    f: Callable, *cached_args: Any, graph: bool | None = None, graph_updates: bool | None = None
+) -> Callable:
     """``functools.partial(f, *cached_args)``: nnxlite's transforms cache the graph traversal anyway."""
     return functools.partial(f, *cached_args)
 
