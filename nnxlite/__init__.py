@@ -82,16 +82,13 @@ from nnxlite.transforms import (
 from nnxlite.transforms.lift_types import DiffState, StateAxes, StateSharding
 from nnxlite.transforms.modes import set_graph_mode, set_graph_updates
 
-# -- flax.nnx compatibility: capture/view/graph tools (docs helper) --
+# -- flax.nnx names: thin layers over the one core (docs/guides/from_flax_nnx.md) --
 from nnxlite._capture import capture
 from nnxlite.compat import traversals
 from nnxlite.compat.graph_tools import find_duplicates, recursive_map, set_metadata
 from nnxlite.compat.var_config import VarDefaults, use_eager_sharding, using_eager_sharding, var_defaults
 from nnxlite.view import vars_as, view, view_info, with_attributes, with_vars
 
-__version__ = "0.1.0"
-
-# --- flax.nnx names added for held-out flax programs (heldout) -----------------------------
 from nnxlite.training.ema import EMA
 from nnxlite.training.train_state import TrainState
 from nnxlite.compat import callable_variables as _callable_variables  # nnx.variables(model, nnx.Param)
@@ -112,6 +109,8 @@ from nnxlite.compat.submodules import OptArray, OptVariable
 from nnxlite.compat import submodules as _submodules
 
 globals().update(_submodules.make_submodules(__import__("sys").modules[__name__]))
+
+__version__ = "0.1.0"
 
 
 def __getattr__(name: str):
