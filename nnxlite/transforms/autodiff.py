@@ -49,6 +49,17 @@ _state_of = graph.state  # (`graph` is also a parameter name of the transforms b
 __all__ = ["grad", "value_and_grad", "vjp", "jvp", "remat", "custom_vjp", "CustomVjp"]
 
 
+def _substitute(plan: Any, leaves: list, others: list, diff_state: Any, diff_others: Any) -> tuple[list, list]:
+    """The state leaves and other arguments with the differentiated ones replaced by JAX's tracers."""
+    state = list(leaves)
+    for j, x in zip(plan.diff_vars, diff_state):
+        state[j] = x
+    other = list(others)
+    for k, x in zip(plan.diff_others, diff_others):
+        other[k] = x
+    return state, other
+
+
 def value_and_grad(
     f: Callable | None = None,
     argnums: int | DiffState | Sequence[int | DiffState] = 0,
@@ -258,12 +269,7 @@ def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
         cell: list = []
 
         def pure(diff_state, diff_others):
-            state = list(leaves)
-            for j, x in zip(plan.diff_vars, diff_state):
-                state[j] = x
-            other = list(others)
-            for k, x in zip(plan.diff_others, diff_others):
-                other[k] = x
+            state, other = _substitute(plan, leaves, others, diff_state, diff_others)
             a, kw, roots, pre = _enter(gd, inputs.treedef, inputs.mask, state, other)
             out = f(*a, **kw)
             if has_aux:
@@ -379,12 +385,7 @@ def _linear_parts(f: Callable, primals: tuple, wrt, what: str, has_aux: bool = F
     cell: list = []
 
     def pure(diff_state, diff_others):
-        state = list(leaves)
-        for j, x in zip(plan.diff_vars, diff_state):
-            state[j] = x
-        other = list(others)
-        for k, x in zip(plan.diff_others, diff_others):
-            other[k] = x
+        state, other = _substitute(plan, leaves, others, diff_state, diff_others)
         a, kw, roots, pre = _enter(gd, inputs.treedef, inputs.mask, state, other)
         out = f(*a, **kw)
         if has_aux:
