@@ -136,6 +136,11 @@ def split_rngs(
             _set(stream, key[0] if squeeze else key)
         return backups
 
+    return _run(apply, node, graph_updates)
+
+
+def _run(apply: Callable[[Any], SplitBackups], node: Any, graph_updates: bool | None) -> Any:
+    """Shared tail of split_rngs/fork_rngs: a decorator without ``node``; flax's tree mode edits a copy."""
     if node is _MISSING:
         return _decorate(apply)
     if graph_updates is False:
@@ -177,13 +182,7 @@ def fork_rngs(
                     break
         return backups
 
-    if node is _MISSING:
-        return _decorate(apply)
-    if graph_updates is False:
-        copy = _copy(node)
-        apply(copy)
-        return copy
-    return apply(node)
+    return _run(apply, node, graph_updates)
 
 
 def backup_keys(node: Any, /, *, graph: bool | None = None) -> SplitBackups:
