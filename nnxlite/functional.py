@@ -42,7 +42,7 @@ import numpy as np
 from nnxlite import filters as filterlib
 from nnxlite import graph
 from nnxlite.rng import Context, RngStream
-from nnxlite.state import State, _fmt_path, _new_state
+from nnxlite.state import State, _fmt_path, _new_state, boxed_state, raw_leaves
 from nnxlite.variables import Param, Variable
 
 __all__ = [
@@ -231,7 +231,7 @@ def transform(model: Any) -> Transformed:
         raise RuntimeError("transform: the cloned model's structure differs from the original.")
     structure = snap_state._structure
     # jax arrays are immutable; numpy arrays are not, so copy those into the snapshot.
-    leaves = tuple(np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in snap_state._leaves)
+    leaves = tuple(np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in raw_leaves(snap_state))
     redraw = tuple(
         (i, recipe, _path_salt(path))
         for i, (path, recipe) in enumerate(zip(structure.paths, recipes))
@@ -245,7 +245,7 @@ def transform(model: Any) -> Transformed:
             key = _as_key(rng)
             for i, recipe, salt in redraw:
                 out[i] = recipe.draw(jax.random.fold_in(key, salt))
-        return _new_state(out, structure)
+        return boxed_state(out, structure)
 
     signature_cache: dict[Any, bool] = {}
 

@@ -39,7 +39,7 @@ import numpy as np
 from nnxlite import _data, _epoch
 from nnxlite import filters as filterlib
 from nnxlite.variables import _EMPTY_METADATA
-from nnxlite.state import State, StateStructure, _fmt_path, _key_error_text, _new_state, _key_order, path_sort_key
+from nnxlite.state import State, StateStructure, _fmt_path, _key_error_text, _new_state, _key_order, path_sort_key, raw_leaves
 from nnxlite.variables import Variable, _tracer_is_dead
 
 __all__ = [
@@ -648,11 +648,20 @@ def _other_paths(gd: GraphDef, j: int) -> Iterator[Path]:
 
 
 def _states(flat: _Flat, filters: tuple, complete: bool) -> list[State]:
+    # The States hold the graph's live Variables, as flax's do; plain array
+    # attributes (DataLeaf boxes made by the walk) go in as their values.
     buckets, structures = _groups(flat, filters, complete)
     variables = flat.variables
+    gd = flat.graphdef
+    if gd._plan is None:
+        _plan(gd)
+    if gd._data_leaves:
+        variables = list(variables)
+        for j in gd._data_leaves:
+            variables[j] = variables[j].raw_value
     if len(buckets) == 1 and len(buckets[0]) == len(variables):
-        return [_new_state([v.raw_value for v in variables], structures[0])]
-    return [_new_state([variables[j].raw_value for j in b], s) for b, s in zip(buckets, structures)]
+        return [_new_state(list(variables), structures[0])]
+    return [_new_state([variables[j] for j in b], s) for b, s in zip(buckets, structures)]
 
 
 # ---------------------------------------------------------------------------------
@@ -746,10 +755,10 @@ def _gather_leaves(gd: GraphDef, states: tuple, what: str) -> list:
         s = states[0]
         st = s._structure
         if st is gd._structure or st.paths is gd.paths or st.paths == gd.paths:
-            return s._leaves
+            return raw_leaves(s)
     lookup: dict[Path, Any] = {}
     for s in states:
-        lookup.update(zip(s._structure.paths, s._leaves))
+        lookup.update(zip(s._structure.paths, raw_leaves(s)))
     try:
         leaves = [lookup[p] for p in gd.paths]
     except KeyError:
@@ -977,7 +986,7 @@ def update(node: Any, *states: State | Mapping) -> None:
             indices = [aliases.get(p, -1) for p in paths]
             if -1 in indices:  # maybe a path through a shared sub-module: walk the live graph
                 indices = [j if j >= 0 else _resolve(flat, node, p) for j, p in zip(indices, paths)]
-        for j, path, value in zip(indices, paths, s._leaves):
+        for j, path, value in zip(indices, paths, raw_leaves(s)):
             if j < 0:
                 unknown.append(path)
                 continue

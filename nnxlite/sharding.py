@@ -34,7 +34,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nnxlite import graph
-from nnxlite.state import State, _fmt_path, _new_state
+from nnxlite.state import State, _fmt_path, _new_state, boxed_state, raw_leaves
 from nnxlite.variables import Variable
 
 __all__ = [
@@ -275,7 +275,7 @@ def get_partition_spec(state_or_module: Any, *, rules: Rules | None = None) -> S
     s = st._structure
     pairs = _active_rules(rules)
     specs = []
-    for i, (path, leaf) in enumerate(zip(s.paths, st._leaves)):
+    for i, (path, leaf) in enumerate(zip(s.paths, raw_leaves(st))):
         meta = dict(s.def_at(i)[1])
         axes = meta.get("sharding")
         if axes is None:  # flax's spellings of the same metadata
@@ -292,7 +292,7 @@ def get_partition_spec(state_or_module: Any, *, rules: Rules | None = None) -> S
                 f".set_metadata(sharding=...) (one name or None per dimension)."
             )
         specs.append(_mesh_spec(axes, pairs, path))
-    return _new_state(specs, s)
+    return boxed_state(specs, s)
 
 
 def _ndim(leaf: Any) -> int | None:
@@ -321,7 +321,7 @@ def get_named_sharding(state_or_module: Any, mesh: Mesh, *, rules: Rules | None 
     specs = get_partition_spec(state_or_module, rules=rules)
     names = set(mesh.axis_names)
     problems = []
-    for path, spec in zip(specs.paths(), specs._leaves):
+    for path, spec in zip(specs.paths(), raw_leaves(specs)):
         unknown = [a for dim in spec for a in _mesh_names(dim) if a not in names]
         if unknown:
             problems.append(f"  {_fmt_path(path)}: {spec} uses {unknown}")

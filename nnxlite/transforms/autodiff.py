@@ -38,7 +38,7 @@ import numpy as np
 
 from nnxlite import graph
 from nnxlite import filters as filterlib
-from nnxlite.state import State, StateStructure, _new_state, path_sort_key
+from nnxlite.state import State, StateStructure, _new_state, boxed_state, path_sort_key, raw_leaves
 from nnxlite.transforms.lift_types import DiffState
 from nnxlite.transforms.modes import check_mode, set_graph_mode, set_graph_updates
 from nnxlite.transforms._lift import _KEEP, _apply, _enter, _finish, _Inputs, _is_node, _leave, _pure, _RootsCache, _scatter, _write
@@ -220,7 +220,7 @@ def _shape_grads(plan: _Plan, g_state: Sequence, g_others: Sequence) -> list:
         for part in parts:
             if part[0] == "var":
                 _, ks, structure = part
-                leaves_out.append(_new_state([g_state[k] for k in ks], structure))
+                leaves_out.append(boxed_state([g_state[k] for k in ks], structure))
             elif part[0] == "one":
                 leaves_out.append(None if part[1] is None else g_state[part[1]])
             else:
