@@ -64,7 +64,7 @@ PathParts = Path
 # How an attribute of a node is stored in a GraphDef.
 STATIC, VAR, NODE = 0, 1, 2
 # Kinds of node.
-OBJECT, LIST, DICT, TUPLE = 0, 1, 2, 3
+OBJECT, LIST, DICT, TUPLE, STATE = 0, 1, 2, 3, 4
 
 _NODE_BASES: tuple[type, ...] = ()
 # list/dict subclasses whose edits bump the epoch (nnx.List, nnx.Dict; registered by module.py).
@@ -76,7 +76,7 @@ _UNSUPPORTED = -1
 # traversal keeps, as a static item, so a merged copy has the same statuses.
 STATUS_KEY = "_nnx_status"
 _DATA_DEF = (_data.DataLeaf, ())
-_SLOT_TYPES = {0: _data._AttrSlot, 1: _data._ListSlot, 2: _data._DictSlot}  # by node kind
+_SLOT_TYPES = {0: _data._AttrSlot, 1: _data._ListSlot, 2: _data._DictSlot, 4: _data._StateSlot}  # by node kind
 
 
 def register_node_base(cls: type) -> type:
@@ -96,6 +96,11 @@ def register_tracked_container(cls: type) -> type:
 def _node_kind(value: Any) -> int | None:
     if isinstance(value, _NODE_BASES):
         return OBJECT
+    if type(value) is State:
+        # A State kept in a module (flax's ``self.ema = nnx.data(nnx.state(...))``):
+        # its Variables are the graph's, so sharing with the model and in-place
+        # updates under the transforms work as for any other node.
+        return STATE
     if isinstance(value, list):
         t = type(value)
         return LIST if t is list or issubclass(t, _TRACKED_CONTAINERS) else _UNSUPPORTED
@@ -128,6 +133,8 @@ def _items(obj: Any, kind: int) -> list[tuple[Any, Any]]:
         return [(k, v) for k, v in vars(obj).items() if not k.startswith("_nnx_") or k == STATUS_KEY]
     if kind == DICT:
         return list(obj.items())
+    if kind == STATE:
+        return obj._node_items()
     return list(enumerate(obj))
 
 
@@ -434,7 +441,7 @@ def _traverse(root: Any, epoch: int | None = None) -> _Flat:
                     refs[key] = (NODE, len(nodes))
                     keys.append(key)
                     child = open_node(value, child_kind, (idx, key))
-                    if child_kind != OBJECT and frame[6] is not None and frame[6].get(key):
+                    if child_kind == STATE or (child_kind != OBJECT and frame[6] is not None and frame[6].get(key)):
                         # A list/dict assigned with nnx.data(...) (or inside one): every item is
                         # data, as in flax 0.12, so nnx.data([1, 2]) has two leaves.
                         child[6] = _ALL_DATA
@@ -859,7 +866,7 @@ def leaf_names(gd: GraphDef) -> list[str]:
         for key in path:
             if kind == OBJECT:
                 parts.append(f".{key}" if isinstance(key, str) else f"[{key!r}]")
-            elif kind == DICT:
+            elif kind == DICT or kind == STATE:
                 parts.append(f"[{key!r}]")
             else:
                 parts.append(f"[{key}]")
@@ -909,9 +916,16 @@ def _build_acyclic(node_specs: list, variables: list) -> list:
             obj = dict.__new__(node_type)
             dict.update(obj, d)
         else:
-            obj = tuple(d.values()) if node_type is tuple else node_type(*d.values())
+            obj = _immutable(node_type, kind, d)
         objs[i] = obj
     return objs  # every node, in the GraphDef's order; the root is objs[0]
+
+
+def _immutable(node_type: type, kind: int, d: dict) -> Any:
+    """A tuple, namedtuple or State node, built once its items exist."""
+    if kind == STATE:
+        return State(d)
+    return tuple(d.values()) if node_type is tuple else node_type(*d.values())
 
 
 def _build_cyclic(node_specs: list, variables: list) -> list:
@@ -928,7 +942,7 @@ def _build_cyclic(node_specs: list, variables: list) -> list:
     # may sit at any index). A cycle must pass through a mutable node, which
     # already exists, so this ends. Explicit stack: nesting depth is unbounded.
     for start, spec in enumerate(node_specs):
-        if spec[1] != TUPLE or objs[start] is not None:
+        if (spec[1] != TUPLE and spec[1] != STATE) or objs[start] is not None:
             continue
         stack = [start]
         while stack:
@@ -940,10 +954,9 @@ def _build_cyclic(node_specs: list, variables: list) -> list:
                 continue
             stack.pop()
             if objs[i] is None:
-                values = _filled(template, var_slots, node_slots, variables, objs).values()
-                objs[i] = tuple(values) if node_type is tuple else node_type(*values)
+                objs[i] = _immutable(node_type, node_specs[i][1], _filled(template, var_slots, node_slots, variables, objs))
     for obj, (node_type, kind, template, var_slots, node_slots) in zip(objs, node_specs):
-        if kind == TUPLE:
+        if kind == TUPLE or kind == STATE:
             continue
         d = _filled(template, var_slots, node_slots, variables, objs)
         if kind == OBJECT:

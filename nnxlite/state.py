@@ -43,6 +43,7 @@ from typing import Any
 
 import jax
 
+from nnxlite import _epoch
 from nnxlite import filters as filterlib
 from nnxlite._state_flax import FlaxStateMethods
 from nnxlite.variables import Variable, _make
@@ -226,6 +227,13 @@ class State(FlaxStateMethods, Mapping):
         child._parent = (self, key)
         return child
 
+    def _node_items(self) -> list[tuple[Any, Any]]:
+        """``(key, leaf or sub-State)`` for each top-level key: a State as a graph node's items."""
+        index = self._structure.index
+        return [
+            (k, self._leaves[index[(k,)]]) if (k,) in index else (k, self[k]) for k in self._top_keys()
+        ]
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
@@ -262,6 +270,7 @@ class State(FlaxStateMethods, Mapping):
         if self._parent is not None:
             parent, key = self._parent
             parent._set_path((key,) + path, value)
+        _epoch.bump()  # after the edit (see _epoch): a State kept in a module is a graph node
 
     def _retype(self, i: int, vardef: VarDef) -> None:
         s = self._structure
@@ -296,6 +305,7 @@ class State(FlaxStateMethods, Mapping):
             _make(type(old), _raw(flat[p]), old._metadata) if isinstance(old, Variable) else flat[p]
             for p, old in zip(self._structure.paths, self._leaves)
         ]
+        _epoch.bump()
 
     # -- filtering -------------------------------------------------------------------
     def filter(self, *filters: filterlib.Filter) -> "State | tuple[State, ...]":
