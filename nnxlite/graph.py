@@ -121,7 +121,7 @@ def _has_graph_content(value: Any) -> bool:
     stack = [value]
     while stack:
         for v in stack.pop():
-            if isinstance(v, (Variable, list, dict)) or isinstance(v, _NODE_BASES):
+            if isinstance(v, (Variable, list, dict, State)) or isinstance(v, _NODE_BASES):
                 return True
             if isinstance(v, tuple):
                 stack.append(v)

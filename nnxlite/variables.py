@@ -148,10 +148,13 @@ class Variable(FlaxVariableMethods, metaclass=_VariableMeta):
             if value._metadata:
                 metadata = {**value._metadata, **metadata}
             value = value.raw_value
-        if metadata and "out_sharding" in metadata:
+        if metadata and ("out_sharding" in metadata or "sharding" in metadata):
             from nnxlite.compat.var_config import place_by_out_sharding  # flax's eager sharding
 
-            value = place_by_out_sharding(value, metadata["out_sharding"])
+            if "out_sharding" in metadata:
+                value = place_by_out_sharding(value, metadata["out_sharding"])
+            else:  # nnx.with_partitioning's names: placed when they are the mesh's axes, as in flax
+                value = place_by_out_sharding(value, metadata["sharding"], only_mesh_axes=True)
         self.raw_value = value
         self._metadata = metadata if metadata else _EMPTY_METADATA
 

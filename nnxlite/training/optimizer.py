@@ -181,6 +181,8 @@ class Optimizer(Module):
         plan = self._plan()
         structure = plan.structure
         grads = _adopt_grads(grads, structure, plan.param_vars, select=len(args) == 2)
+        if kwargs:  # optax works on plain values: unbox States of Variables passed along (grad=grads)
+            kwargs = {k: jax.tree_util.tree_map(_unbox, v, is_leaf=_is_variable) for k, v in kwargs.items()}
         if self.compile_eager and _eager_update.try_compiled_update(self, plan, grads, kwargs):
             step = self.step
             step.raw_value = step.raw_value + 1
@@ -437,6 +439,10 @@ def _prefix_free(paths: tuple[Path, ...]) -> bool:
     if len(seen) != len(paths) or () in seen:
         return False
     return not any(p[:i] in seen for p in paths for i in range(1, len(p)))
+
+
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, Variable)
 
 
 def _unbox(x: Any) -> Any:
