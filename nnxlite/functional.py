@@ -138,7 +138,7 @@ def param_from_init(
     >>> from nnxlite.functional import param_from_init
     >>> init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp"))
     >>> w = param_from_init(init, jax.random.PRNGKey(0), (4, 8), jnp.float32)
-    >>> type(w).__name__, w.shape, w.sharding
+    >>> type(w).__name__, w.shape, w.sharding_names
     ('Param', (4, 8), ('embed', 'mlp'))
 
     Args:

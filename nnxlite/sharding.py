@@ -8,7 +8,7 @@ wrap a layer's initializer with :func:`with_partitioning`::
     >>> import jax, nnxlite as nnx
     >>> layer = nnx.Linear(4, 8, ctx=nnx.context(0),
     ...     kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp")))
-    >>> layer.kernel.sharding
+    >>> layer.kernel.sharding_names     # .sharding is the array's layout, as in flax
     ('embed', 'mlp')
     >>> nnx.get_partition_spec(layer)["kernel"]
     P('embed', 'mlp')
@@ -105,7 +105,7 @@ def with_partitioning(init: Callable, axes: Sequence[Any], **metadata: Any) -> C
     >>> import jax, jax.numpy as jnp, nnxlite as nnx
     >>> init = nnx.with_partitioning(nnx.initializers.zeros, (None, "mlp"))
     >>> p = nnx.Param(init(jax.random.PRNGKey(0), (2, 3), jnp.float32))
-    >>> p.sharding, p.shape
+    >>> p.sharding_names, p.shape
     ((None, 'mlp'), (2, 3))
 
     Args:

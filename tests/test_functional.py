@@ -195,12 +195,12 @@ def test_init_fn_under_jit_and_vmap_ensemble():
 def test_with_partitioning_recipe_redraws_and_keeps_metadata():
     init = nnx.with_partitioning(nnx.initializers.ones, ("embed", "mlp"))
     layer = Dense(2, 3, ctx=nnx.context(0), kernel_init=init)
-    assert layer.kernel.sharding == ("embed", "mlp")
+    assert layer.kernel.sharding_names == ("embed", "mlp")
     init_fn, _ = nnx.transform(layer)
     v = init_fn(jax.random.PRNGKey(0))
     np.testing.assert_array_equal(v["kernel"], np.ones((2, 3)))
     (path, boxed), = [(p, b) for p, b in v.variables() if p == ("kernel",)]
-    assert type(boxed) is nnx.Param and boxed.sharding == ("embed", "mlp")
+    assert type(boxed) is nnx.Param and boxed.sharding_names == ("embed", "mlp")
     assert nnx.get_partition_spec(v)["kernel"] == jax.sharding.PartitionSpec("embed", "mlp")
 
 
