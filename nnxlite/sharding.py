@@ -10,7 +10,7 @@ wrap a layer's initializer with :func:`with_partitioning`::
     ...     kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp")))
     >>> layer.kernel.sharding_names     # .sharding is the array's layout, as in flax
     ('embed', 'mlp')
-    >>> nnx.get_partition_spec(layer)["kernel"]
+    >>> nnx.get_partition_spec(layer)["kernel"].value    # a State of Variables, as in flax
     P('embed', 'mlp')
 
 Logical names are mapped to mesh axes by *rules* (``[('embed', None),
@@ -118,7 +118,7 @@ def with_partitioning(
     >>> p = nnx.Param(init(jax.random.PRNGKey(0), (2, 3), jnp.float32))
     >>> p.sharding_names, p.shape
     ((None, 'mlp'), (2, 3))
-    >>> nnx.Param(nnx.with_partitioning(lambda: jnp.ones(4), sharding=("data",))()).sharding
+    >>> nnx.Param(nnx.with_partitioning(lambda: jnp.ones(4), sharding=("data",))()).sharding_names
     ('data',)
 
     Args:
@@ -291,7 +291,7 @@ def get_partition_spec(state_or_module: Any, *, rules: Rules | None = None) -> S
     ...         self.w = nnx.Param(jnp.ones((4, 2)), sharding=("embed", "mlp"))
     ...         self.n = nnx.BatchStat(jnp.zeros(()))
     >>> specs = nnx.get_partition_spec(M(), rules=[("embed", "data"), ("mlp", None)])
-    >>> specs["w"], specs["n"]
+    >>> specs["w"].value, specs["n"].value
     (P('data', None), P())
     """
     st = _as_state(state_or_module)

@@ -386,14 +386,16 @@ def _short(v: Any) -> str:
 class AbstractLeaf(jax.ShapeDtypeStruct):
     """An abstract leaf read from a State: a ``jax.ShapeDtypeStruct`` that can be edited as flax does.
 
-    ``state['kernel']`` of an abstract State (from ``nnx.eval_shape``) gives
-    one of these. It *is* the shape/dtype struct (same shape, dtype and
+    A State from ``nnx.split``/``nnx.eval_shape`` holds Variables, whose
+    ``.value`` is the abstract value. A State built from plain abstract values
+    (``nnx.State({'w': jax.ShapeDtypeStruct(...)})``) gives one of these for
+    ``state['w']``: it *is* the shape/dtype struct (same shape, dtype and
     sharding), and additionally ``.value`` reads it and assigning
     ``.value = array`` writes the array into the State (flax's surgery
     idiom). Concrete leaves are returned as they are.
 
     >>> import jax, jax.numpy as jnp, nnxlite as nnx
-    >>> _, state = nnx.split(nnx.eval_shape(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(0))))
+    >>> state = nnx.State({"kernel": jax.ShapeDtypeStruct((2, 3), jnp.float32)})
     >>> state["kernel"].shape, isinstance(state["kernel"], jax.ShapeDtypeStruct)
     ((2, 3), True)
     >>> state["kernel"].value = jnp.ones((2, 3))

@@ -359,7 +359,7 @@ def test_with_partitioning_sharding_may_be_left_out_and_axes_is_the_older_name()
     p = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros)(jax.random.PRNGKey(0), (2,)))
     assert "sharding" not in p.get_metadata()
     q = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, axes=("a",))(jax.random.PRNGKey(0), (2,)))
-    assert q.sharding == ("a",)
+    assert q.sharding_names == ("a",)
     with pytest.raises(TypeError, match="give the axis names once"):
         nnx.with_partitioning(nnx.initializers.zeros, ("a",), axes=("a",))
 
