@@ -185,7 +185,7 @@ def test_sharded_init_and_transform_init_with_out_shardings():
     v = jax.jit(init_fn, out_shardings=shardings)(key)
     for path, s in zip(shardings.paths(), shardings.leaves()):
         assert v[path].sharding == s, path
-    np.testing.assert_array_equal(v["w_in"], init_fn(key)["w_in"])
+    np.testing.assert_allclose(v["w_in"], init_fn(key)["w_in"], rtol=1e-6, atol=1e-7)  # compiled vs eager: last bit
 
 
 # -- 8 simulated devices, in subprocesses (XLA_FLAGS must be set before jax starts) -----------------
