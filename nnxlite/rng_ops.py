@@ -12,8 +12,9 @@ They exist so that flax.nnx programs run unchanged:
 * :func:`with_rngs` returns a copy whose streams are split/forked/broadcast.
 
 ``split_rngs`` and ``fork_rngs`` also work as decorators (the streams found
-in the arguments are changed for the duration of the call) and their result
-is a context manager that restores on exit::
+in the arguments are changed for the duration of the call; in flax's tree
+mode, ``graph=False`` or ``graph_updates=False``, the call gets changed copies)
+and their in-place result is a context manager that restores on exit::
 
     >>> import nnxlite as nnx
     >>> rngs = nnx.Rngs(params=0, dropout=1)
@@ -84,16 +85,17 @@ def _set(stream: RngStream, key: jax.Array) -> None:
     stream.count.value = jnp.zeros(key.shape, jnp.uint32)
 
 
-def _decorate(apply: Callable[[Any], SplitBackups]) -> Callable:
-    def decorator(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with apply((args, kwargs)):
-                return fn(*args, **kwargs)
+def _in_place(graph: bool | None, graph_updates: bool | None) -> bool:
+    """flax's rule: streams are changed in place (returning backups) only with graph=True and graph_updates=True.
 
-        return wrapper
+    Otherwise (flax's tree mode, or no graph updates) a copy is changed and
+    returned. ``None`` reads ``nnx.set_graph_mode`` / ``nnx.set_graph_updates``.
+    """
+    from nnxlite.transforms.modes import set_graph_mode, set_graph_updates  # here: rng_ops loads first
 
-    return decorator
+    graph = set_graph_mode.current_value() if graph is None else graph
+    graph_updates = set_graph_updates.current_value() if graph_updates is None else graph_updates
+    return bool(graph and graph_updates)
 
 
 def split_rngs(
@@ -109,9 +111,11 @@ def split_rngs(
     """Split each selected stream of ``node`` into ``splits`` keys, in place; returns :class:`SplitBackups`.
 
     Without ``node`` it is a decorator. ``squeeze=True`` (only with
-    ``splits=1``) keeps the key's shape. With ``graph_updates=False`` the
-    streams of a copy are split and the copy is returned. ``graph=`` is
-    accepted for flax compatibility (nnxlite always walks the graph).
+    ``splits=1``) keeps the key's shape. With ``graph=False`` or
+    ``graph_updates=False`` (flax's tree mode; ``None`` reads
+    ``nnx.set_graph_mode`` / ``nnx.set_graph_updates``) the streams of a copy
+    are split and the copy is returned, as in flax; the copy keeps shared
+    references.
 
     >>> import nnxlite as nnx
     >>> @nnx.split_rngs(splits=3)
@@ -132,18 +136,33 @@ def split_rngs(
             _set(stream, key[0] if squeeze else key)
         return backups
 
-    return _run(apply, node, graph_updates)
+    return _run(apply, node, graph, graph_updates)
 
 
-def _run(apply: Callable[[Any], SplitBackups], node: Any, graph_updates: bool | None) -> Any:
-    """Shared tail of split_rngs/fork_rngs: a decorator without ``node``; flax's tree mode edits a copy."""
-    if node is _MISSING:
-        return _decorate(apply)
-    if graph_updates is False:
-        copy = _copy(node)
+def _run(apply: Callable[[Any], SplitBackups], node: Any, graph: bool | None, graph_updates: bool | None) -> Any:
+    """Shared tail of split_rngs/fork_rngs: a decorator without ``node``; outside graph-updates mode, edit a copy."""
+    in_place = _in_place(graph, graph_updates)
+
+    def on_copy(target: Any) -> Any:
+        copy = _copy(target)
         apply(copy)
         return copy
-    return apply(node)
+
+    if node is not _MISSING:
+        return apply(node) if in_place else on_copy(node)
+
+    def decorator(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if in_place:  # changed for the duration of the call
+                with apply((args, kwargs)):
+                    return fn(*args, **kwargs)
+            args, kwargs = on_copy((args, kwargs))
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
 
 
 def fork_rngs(
@@ -156,7 +175,9 @@ def fork_rngs(
 ) -> Any:
     """Give each stream of ``node`` a fresh, independent key (``split=n``: ``n`` keys), in place.
 
-    Returns :class:`SplitBackups`; without ``node`` it is a decorator.
+    Returns :class:`SplitBackups`; without ``node`` it is a decorator. With
+    ``graph=False`` or ``graph_updates=False`` a copy is forked and returned,
+    as for :func:`split_rngs`.
 
     >>> import nnxlite as nnx
     >>> rngs = nnx.Rngs(0)
@@ -178,7 +199,7 @@ def fork_rngs(
                     break
         return backups
 
-    return _run(apply, node, graph_updates)
+    return _run(apply, node, graph, graph_updates)
 
 
 def backup_keys(node: Any, /, *, graph: bool | None = None) -> SplitBackups:
