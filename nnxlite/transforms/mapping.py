@@ -18,12 +18,14 @@ import jax
 from nnxlite import filters as filterlib
 from nnxlite.state import State, _fmt_path
 from nnxlite.transforms.axis_metadata import AxisMetadata, axis_metadata, remove_axes, restore_axes
+from nnxlite.transforms.lift_types import is_lift_type
 from nnxlite.transforms.modes import check_mode
 from nnxlite.transforms._lift import (
     _KEEP,
     _SPLIT,
     _apply,
     _axis_size,
+    _bind_keywords,
     _call_entries,
     _check_axis,
     _check_returned_axes,
@@ -75,6 +77,32 @@ def _out_entries(out_axes: Any, meta_or_out, is_entry, what: str) -> tuple[list,
 
 class _OutNode:
     """Placeholder leaf used to match ``out_axes`` against an output's structure."""
+
+
+def _fast_out_axes(out_axes: Any, what: str) -> Any:
+    """``out_axes`` for the first (array-only) pass: ``nnx.StateAxes`` entries, which only modules take, as 0.
+
+    JAX accepts only ints and None as leaves; a module in the output restarts
+    the call on the general path, which reads the StateAxes. An output that
+    holds no module at a StateAxes position is an error, raised there.
+    """
+    if not _has_lift_type(out_axes):
+        return out_axes
+    return jax.tree_util.tree_map(lambda x: 0 if is_lift_type(x) else x, out_axes, is_leaf=is_lift_type)
+
+
+def _has_lift_type(spec: Any) -> bool:
+    return any(is_lift_type(x) for x in jax.tree_util.tree_leaves(spec, is_leaf=is_lift_type))
+
+
+def _check_no_lift_type_on_arrays(out_axes: Any, out: Any, what: str) -> None:
+    """A ``StateAxes`` out_axes entry that lands on arrays (no module there) is a mistake: say so."""
+    for entry in _prefix_entries(out_axes, out, _is_axis_entry, f"{what} out_axes"):
+        if is_lift_type(entry):
+            raise ValueError(
+                f"{what} out_axes: {entry!r} applies to modules, but the output holds arrays at its "
+                "position; give an int or None there."
+            )
 
 
 def vmap(
@@ -172,6 +200,7 @@ def _mapped(
     @_rewinds_draws_on_error
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        args, kwargs = _bind_keywords(f, in_axes, args, kwargs)
         inputs = _Inputs(args, kwargs)
         entries = _call_entries(in_axes, args, kwargs, 0, _is_axis_entry, f"{what} in_axes")
         specs = _state_specs(inputs, entries, 0, allowed, f"{what} in_axes")
@@ -197,6 +226,7 @@ def _mapped(
         n_vars = len(specs)
         changed_broadcast: list = []
         unbatched_new: list = []
+        lift_out = _has_lift_type(out_axes)
         cell: list = []
 
         def body(general: bool):
@@ -210,6 +240,8 @@ def _mapped(
                 changed_broadcast[:] = [j for j in kept if specs[j] is None and aligned[j] is not leaves[j]]
                 if meta is not None and not general:
                     raise _Restart(meta)
+                if not general and lift_out:
+                    _check_no_lift_type_on_arrays(out_axes, out, what)
                 new_state = [aligned[j] for j in kept]
                 if not general:
                     return new_state, out
@@ -233,7 +265,7 @@ def _mapped(
                 raise
 
         try:
-            new_state, out = run_vmap(body(False), (state_axes, out_axes))
+            new_state, out = run_vmap(body(False), (state_axes, _fast_out_axes(out_axes, what)))
             meta, extra = None, []
         except _Restart as restart:
             meta = restart.meta

@@ -1,0 +1,195 @@
+"""Lifted transforms behave as flax.nnx's own unit tests (tests/nnx/transforms_test.py) expect.
+
+Each test runs the same program under nnxlite and, when installed, under
+flax.nnx (the ``lib`` fixture), and checks the numbers against a plain-JAX
+formula: keywords bound to ``in_axes`` positions, ``nnx.StateAxes`` as
+``out_axes``, per-path axis/sharding tables from ``nnx.prefix``, Variables
+holding pytrees (capture buffers) under ``scan``, ``in_shardings`` that skip
+static arguments, and ``out_shardings`` for returned modules.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nnxlite
+
+
+@pytest.fixture(params=["nnxlite", "flax"])
+def lib(request):
+    if request.param == "flax":
+        return pytest.importorskip("flax.nnx")
+    return nnxlite
+
+
+def _value(v):
+    return np.asarray(v[...])
+
+
+def test_vmap_binds_keywords_to_their_in_axes_position(lib):
+    w = jnp.arange(3.0)
+    xs = jnp.arange(12.0).reshape(4, 3)
+    f = lib.vmap(lambda w, x: w @ x, in_axes=(None, 0))
+    np.testing.assert_allclose(f(w, x=xs), xs @ w)
+
+
+def test_vmap_decorated_init_called_with_keywords(lib):
+    axes = lib.StateAxes({(lib.Param, lib.RngState): 0, ...: None})
+
+    class Stack(lib.Module):
+        @lib.vmap(in_axes=(axes, 0))
+        def __init__(self, key):
+            self.linear = lib.Linear(3, 3, rngs=lib.Rngs(key))
+            self.node = lib.Variable(jnp.ones((2,)))
+
+    keys = jax.random.split(jax.random.key(0), 5)
+    stack = Stack(key=keys)
+    assert stack.linear.kernel.shape == (5, 3, 3)
+    assert stack.node.shape == (2,)  # broadcast: ... -> None
+    assert not np.allclose(_value(stack.linear.kernel)[0], _value(stack.linear.kernel)[1])
+
+
+def test_vmap_state_axes_as_out_axes(lib):
+    axes = lib.StateAxes({(lib.Param, lib.RngState): 0, ...: None})
+
+    @lib.vmap(in_axes=(axes,), out_axes=axes)
+    def create(rngs):
+        return lib.Linear(3, 2, rngs=rngs)
+
+    layer = create(lib.Rngs(0).split(4))
+    assert layer.kernel.shape == (4, 3, 2)
+    kernels = _value(layer.kernel)
+    assert not np.allclose(kernels[0], kernels[1])
+
+    @lib.vmap(in_axes=(axes, 0))
+    def forward(layer, x):
+        return layer(x)
+
+    x = jnp.ones((4, 1, 3))
+    expected = np.einsum("lbi,lio->lbo", np.asarray(x), kernels) + _value(layer.bias)[:, None, :]
+    np.testing.assert_allclose(forward(layer, x), expected, rtol=1e-5)
+
+
+def test_vmap_state_axes_out_axes_on_arrays_is_an_error():
+    axes = nnxlite.StateAxes({nnxlite.Param: 0})
+    with pytest.raises(ValueError, match="applies to modules"):
+        nnxlite.vmap(lambda x: x * 2, out_axes=axes)(jnp.ones(3))
+
+
+class _Scaled:
+    """A module with a stacked kernel and an unstacked step counter."""
+
+    @staticmethod
+    def make(lib):
+        class Scaled(lib.Module):
+            def __init__(self):
+                self.kernel = lib.Param(jnp.arange(12.0).reshape(4, 3))
+                self.steps = lib.BatchStat(jnp.zeros(()))
+
+            def __call__(self, x):
+                return self.kernel * x
+
+        return Scaled()
+
+
+def test_vmap_prefix_table_as_in_axes_entry(lib):
+    model = _Scaled.make(lib)
+    axes = lib.prefix(model, {lib.Param: 0, ...: None})
+    # flax takes nnx.prefix tables in its functional mode (graph_updates=False); nnxlite in every mode
+    out = lib.vmap(lambda m, x: m(x), in_axes=(axes, 0), graph_updates=False)(model, jnp.arange(4.0))
+    np.testing.assert_allclose(out, np.arange(12.0).reshape(4, 3) * np.arange(4.0)[:, None])
+
+
+def test_vmap_prefix_table_of_several_objects_as_out_axes(lib):
+    dummy = lib.eval_shape(lambda: lib.Linear(3, 2, rngs=lib.Rngs(0)))
+    (layer_axes,) = lib.prefix((dummy,), {lib.Param: 0, ...: None})
+
+    @lib.vmap(in_axes=0, out_axes=layer_axes, graph_updates=False)
+    def create(key):
+        return lib.Linear(3, 2, rngs=lib.Rngs(key))
+
+    layer = create(jax.random.split(jax.random.key(1), 3))
+    assert layer.kernel.shape == (3, 3, 2) and layer.bias.shape == (3, 2)
+
+
+def test_scan_maps_capture_buffers_that_hold_pytrees(lib):
+    axes = lib.StateAxes({(lib.Param, lib.Intermediate): 0, ...: None})
+
+    class Block(lib.Module):
+        def __init__(self, key):
+            self.linear = lib.Linear(3, 3, rngs=lib.Rngs(key))
+
+        def __call__(self, x):
+            y = self.linear(x)
+            self.sow(lib.Intermediate, "h", y)
+            return y
+
+    blocks = lib.vmap(Block, in_axes=0)(jax.random.split(jax.random.key(0), 5))
+    forward = lib.scan(lambda b, x: (b(x), None), in_axes=(axes, lib.Carry))
+    (y, _), inter = lib.capture(forward, lib.Intermediate)(blocks, jnp.ones((1, 3)))
+    # the same chain by hand
+    h = np.ones((1, 3))
+    kernels, biases = _value(blocks.linear.kernel), _value(blocks.linear.bias)
+    hs = []
+    for k, b in zip(kernels, biases):
+        h = h @ k + b
+        hs.append(h)
+    np.testing.assert_allclose(y, h, rtol=1e-5)
+    stacked = inter["linear"]["h"][0] if "linear" in inter else inter["h"][0]
+    np.testing.assert_allclose(stacked, np.stack(hs), rtol=1e-5)
+
+
+def test_vmap_maps_a_variable_holding_a_dict(lib):
+    v = lib.Variable({"a": jnp.arange(6.0).reshape(3, 2)})
+    out = lib.vmap(lambda v: v.get_value()["a"].sum(), in_axes=0)(v)
+    np.testing.assert_allclose(out, np.arange(6.0).reshape(3, 2).sum(1))
+
+
+def _mesh():
+    return jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+
+
+@pytest.mark.parametrize("statics", [{"static_argnums": 2}, {"static_argnames": "use_relu"}])
+def test_jit_in_shardings_have_no_entry_for_static_arguments(lib, statics):
+    sharding = jax.sharding.NamedSharding(_mesh(), jax.sharding.PartitionSpec("data"))
+
+    def fn(x, scale, use_relu):
+        y = x * scale
+        return (jnp.maximum(y, 0) if use_relu else y).sum()
+
+    f = lib.jit(fn, in_shardings=(sharding, None), **statics)
+    x = jnp.linspace(-1.0, 1.0, 16).reshape(4, 4)
+    np.testing.assert_allclose(f(x, 0.5, True), np.maximum(np.asarray(x) * 0.5, 0).sum(), rtol=1e-6)
+    np.testing.assert_allclose(f(x, 0.5, False), np.asarray(x).sum() * 0.5, atol=1e-6)
+
+
+def test_jit_out_shardings_for_returned_modules(lib):
+    mesh = _mesh()
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    abstract = lib.eval_shape(lambda: lib.Linear(4, 4, rngs=lib.Rngs(0)))
+    s1, s2 = lib.prefix((abstract, abstract), {...: sharding})
+
+    @lib.jit(out_shardings=(s1, s2), graph_updates=False)
+    def make():
+        m = lib.Linear(4, 4, rngs=lib.Rngs(0))
+        return m, m
+
+    with jax.set_mesh(mesh):
+        m1, m2 = make()
+    assert m1 is m2
+    assert m1.kernel[...].sharding == sharding
+    np.testing.assert_allclose(_value(m1.kernel), _value(lib.Linear(4, 4, rngs=lib.Rngs(0)).kernel))
+
+
+def test_jit_out_shardings_state_sharding_and_arrays():
+    mesh = _mesh()
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    spec = nnxlite.StateSharding({nnxlite.Param: sharding})
+    f = nnxlite.jit(lambda: (nnxlite.Linear(2, 2, rngs=nnxlite.Rngs(0)), jnp.ones(2)), out_shardings=(spec, sharding))
+    m, y = f()
+    assert m.kernel[...].sharding == sharding and y.sharding == sharding
+    with pytest.raises(ValueError, match="not a module"):
+        nnxlite.jit(lambda: jnp.ones(2), out_shardings=spec)()
