@@ -193,3 +193,143 @@ def test_jit_out_shardings_state_sharding_and_arrays():
     assert m.kernel[...].sharding == sharding and y.sharding == sharding
     with pytest.raises(ValueError, match="not a module"):
         nnxlite.jit(lambda: jnp.ones(2), out_shardings=spec)()
+
+
+# ----------------------------------------------------------------------------------
+# grad / vjp in flax's tree (functional) mode, custom_vjp
+# ----------------------------------------------------------------------------------
+def _mse_grads(kernel, bias, x, y):
+    def loss(k, b):
+        return jnp.mean((x @ k + b - y) ** 2)
+
+    return jax.grad(loss, argnums=(0, 1))(kernel, bias)
+
+
+@pytest.mark.parametrize("mode", [{"graph_updates": False}, {"graph": False}])
+def test_grad_in_tree_mode_returns_the_module_shape(lib, mode):
+    m = lib.Linear(2, 3, rngs=lib.Rngs(0))
+    x, y = jnp.arange(4.0).reshape(2, 2), jnp.ones((2, 3))
+    grads = lib.grad(lambda m, x, y: jnp.mean((m(x) - y) ** 2), **mode)(m, x, y)
+    assert isinstance(grads, type(m))
+    gk, gb = _mse_grads(_value(m.kernel), _value(m.bias), x, y)
+    np.testing.assert_allclose(_value(grads.kernel), gk, rtol=1e-5)
+    np.testing.assert_allclose(_value(grads.bias), gb, rtol=1e-5)
+
+
+def test_grad_in_graph_mode_still_returns_a_state(lib):
+    m = lib.Linear(2, 3, rngs=lib.Rngs(0))
+    grads = lib.grad(lambda m: m.kernel[...].sum())(m)
+    assert isinstance(grads, lib.State)
+
+
+def test_tree_mode_grads_keep_shared_references_and_zero_the_rest():
+    class Tied(nnxlite.Module):
+        def __init__(self):
+            self.a = nnxlite.Linear(2, 2, rngs=nnxlite.Rngs(0))
+            self.b = self.a
+            self.steps = nnxlite.BatchStat(jnp.ones(()))
+
+    m = Tied()
+    grads = nnxlite.grad(lambda m: m.a.kernel[...].sum() + m.b.kernel[...].sum(), graph_updates=False)(m)
+    assert grads.a is grads.b and grads.a is not m.a
+    np.testing.assert_allclose(_value(grads.a.kernel), 2 * np.ones((2, 2)))
+    np.testing.assert_allclose(_value(grads.steps), 0.0)  # not differentiated (wrt=nnx.Param)
+
+
+def test_vjp_in_tree_mode_returns_the_module_shape(lib):
+    m = lib.Linear(3, 1, rngs=lib.Rngs(0))
+    x = jnp.array([[4.0, 5.0, 6.0]])
+    out, vjp_fn = lib.vjp(lambda m, x: m(x).sum(), m, x, graph_updates=False)
+    g_m, g_x = vjp_fn(jnp.ones_like(out))
+    assert isinstance(g_m, type(m))
+    np.testing.assert_allclose(_value(g_m.kernel), np.asarray(x).T)
+    np.testing.assert_allclose(g_x, _value(m.kernel).T)
+
+
+def _foo(lib):
+    class Foo(lib.Module):
+        def __init__(self):
+            self.x = lib.Param(jnp.array(1.0))
+            self.y = lib.Param(jnp.array(2.0))
+            self.z = 0
+
+    return Foo()
+
+
+def _sin_prod_grads():
+    return jax.grad(lambda x, y: jnp.sin(x) * y, argnums=(0, 1))(1.0, 2.0)
+
+
+def test_custom_vjp_plain_attribute_changes_dropped_in_functional_mode(lib):
+    @lib.custom_vjp(graph_updates=False)
+    def f(m):
+        m.z += 1
+        return jnp.sin(m.x[...]) * m.y[...]
+
+    def f_fwd(m):
+        return f(m), (jnp.cos(m.x[...]), jnp.sin(m.x[...]), m)
+
+    def f_bwd(res, out_g):
+        cos_x, sin_x, m = res
+        m_g = lib.clone(m)
+        m_g.x[...] = cos_x * out_g * m.y[...]
+        m_g.y[...] = sin_x * out_g
+        return (m_g,)
+
+    f.defvjp(f_fwd, f_bwd)
+    m = _foo(lib)
+    grads = lib.grad(f, graph_updates=False)(m)
+    assert m.z == 0  # flax's functional mode: edits of plain attributes do not come out
+    gx, gy = _sin_prod_grads()
+    np.testing.assert_allclose(_value(grads.x), gx, rtol=1e-6)
+    np.testing.assert_allclose(_value(grads.y), gy, rtol=1e-6)
+
+
+def test_custom_vjp_plain_attribute_changes_come_out_in_graph_updates_mode():
+    nnx = nnxlite
+
+    @nnx.custom_vjp
+    def f(m):
+        m.z += 1
+        return jnp.sin(m.x[...]) * m.y[...]
+
+    def f_fwd(m):
+        return f(m), (jnp.cos(m.x[...]), jnp.sin(m.x[...]), m.y[...])
+
+    def f_bwd(res, g):
+        (m_g,), out_g = g
+        cos_x, sin_x, y = res
+        m_g["x"] = cos_x * out_g * y
+        m_g["y"] = sin_x * out_g
+        return (m_g,)
+
+    f.defvjp(f_fwd, f_bwd)
+    m = _foo(nnx)
+    grads = nnx.grad(f, argnums=nnx.DiffState(0, ...))(m)
+    assert m.z == 1  # as flax.nnx with graph_updates=True
+    gx, gy = _sin_prod_grads()
+    np.testing.assert_allclose(_value(grads["x"]), gx, rtol=1e-6)
+    np.testing.assert_allclose(_value(grads["y"]), gy, rtol=1e-6)
+
+
+def test_custom_vjp_int_nondiff_argnum_may_hold_a_variable(lib):
+    state = lib.BatchStat(jnp.array(0.0))
+    seen = []
+
+    @lib.custom_vjp(nondiff_argnums=(1,), graph_updates=False)
+    def f(w, state):
+        state[...] = jnp.array(-1.0)
+        return w * 3.0
+
+    def f_fwd(w, state):
+        return f(w, state), w
+
+    def f_bwd(state, res, g):
+        seen.append(state)
+        return (g * 3.0,)
+
+    f.defvjp(f_fwd, f_bwd)
+    np.testing.assert_allclose(f(jnp.array(2.0), state), 6.0)
+    assert float(state[...]) == -1.0
+    np.testing.assert_allclose(lib.grad(lambda w, s: f(w, s), graph_updates=False)(jnp.array(2.0), state), 3.0)
+    assert len(seen) == 1
