@@ -333,3 +333,43 @@ def test_custom_vjp_int_nondiff_argnum_may_hold_a_variable(lib):
     assert float(state[...]) == -1.0
     np.testing.assert_allclose(lib.grad(lambda w, s: f(w, s), graph_updates=False)(jnp.array(2.0), state), 3.0)
     assert len(seen) == 1
+
+
+# ----------------------------------------------------------------------------------
+# shard_map with flax's functional specs; one object, one layout
+# ----------------------------------------------------------------------------------
+def test_shard_map_state_of_specs_for_a_state_argument(lib):
+    mesh = _mesh()
+    P = jax.sharding.PartitionSpec
+    m = lib.Linear(4, 2, rngs=lib.Rngs(0))
+    graphdef, state = lib.split(m)
+    specs = lib.State({"kernel": P(None, "data"), "bias": P()})
+    x = jnp.arange(8.0).reshape(2, 4)
+
+    @lib.shard_map(mesh=mesh, in_specs=(specs, P()), out_specs=P(None, "data"), graph_updates=False)
+    def f(s, x):
+        return lib.merge(graphdef, s)(x)
+
+    np.testing.assert_allclose(f(state, x), np.asarray(x) @ _value(m.kernel) + _value(m.bias), rtol=1e-5)
+
+
+def test_shard_map_conflicting_specs_for_one_variable_raise():
+    P = jax.sharding.PartitionSpec
+    v = nnxlite.Param(jnp.arange(4.0))
+    f = nnxlite.shard_map(lambda a, b: a[...] + b[...], mesh=_mesh(), in_specs=(P(), P("data")), out_specs=P())
+    with pytest.raises(ValueError, match=r"Inconsistent aliasing detected.*argument 0 .*P\(\).*argument 1 .*P\('data',\)"):
+        f(v, v)
+
+
+@pytest.mark.parametrize("transform", ["vmap", "scan"])
+def test_conflicting_axes_for_one_variable_name_both(transform):
+    v = nnxlite.Param(jnp.arange(3.0))
+    if transform == "vmap":
+        f = nnxlite.vmap(lambda a, b: a[...] + b[...], in_axes=(0, None))
+        pattern = r"Inconsistent aliasing detected: the Param .*argument 0 at <root>: 0, argument 1 at <root>: None"
+    else:
+        f = nnxlite.scan(lambda c, a, b: (c, a[...] + b[...]), in_axes=(nnxlite.Carry, 0, nnxlite.Carry))
+        pattern = r"Inconsistent aliasing detected: the Param .*different axes: .*: 0, .*: nnx.Carry"
+    args = (v, v) if transform == "vmap" else (jnp.zeros(()), v, v)
+    with pytest.raises(ValueError, match=pattern):
+        f(*args)

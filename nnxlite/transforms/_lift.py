@@ -620,6 +620,8 @@ def _prefix_entries(prefix: Any, tree: Any, is_entry: Callable, what: str) -> li
             f"{what}: the entry for a {type(tree).__name__} must be an int, None or a dict "
             f"{{filter: axis}}, got {prefix!r}."
         )
+    if isinstance(prefix, State) and isinstance(tree, State):
+        return _state_prefix_entries(prefix, tree, is_entry, what)
     structural = (
         isinstance(prefix, Mapping)
         and isinstance(tree, Mapping)
@@ -635,6 +637,20 @@ def _prefix_entries(prefix: Any, tree: Any, is_entry: Callable, what: str) -> li
     out = []
     for p, t in zip(p_children, t_children):
         out.extend(_prefix_entries(p, t, is_entry, what))
+    return out
+
+
+def _state_prefix_entries(prefix: State, tree: State, is_entry: Callable, what: str) -> list:
+    """A State of entries by path for a State argument (flax's functional style), matched path by path."""
+    table = prefix.flat()
+    children, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda y: y is not tree)
+    out = []
+    for keys, child in children:
+        path = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in keys)
+        entry = table.get(path)
+        if isinstance(entry, Variable):
+            entry = entry.raw_value
+        out.extend(_prefix_entries(entry, child, is_entry, what))
     return out
 
 
@@ -846,10 +862,13 @@ def _check_shared_entries(
                     specs[j] = other
                 continue
             if other != specs[j]:
+                home = gd.paths[j]
                 raise ValueError(
-                    f"{what}: {_var_label(flat, j)} is shared with argument {k} (at "
-                    f"{_fmt_path(rel)}), whose entry gives it {kind} {other!r} instead of {specs[j]!r}. "
-                    f"One object has one layout: give both arguments the same {kind} for it, or pass it once."
+                    f"{what}: Inconsistent aliasing detected: the {type(flat.variables[j]).__name__} "
+                    f"{_var_label(flat, j)} is reached from two arguments whose entries give it different "
+                    f"{'axes' if kind == 'axis' else kind + 's'}: argument {home[0]} at {_fmt_path(home[1:])}: {specs[j]!r}, argument {k} at "
+                    f"{_fmt_path(rel)}: {other!r}. One object has one layout: give both arguments the same "
+                    f"{kind} for it, or pass it once."
                 )
 
 
@@ -871,7 +890,7 @@ def _check_returned_axes(meta: "_Meta", node_entries: list, in_specs: list, defa
             ax = _resolve(entry, rel, probe, default, None, allowed, what)
             if ax != in_specs[o]:
                 raise ValueError(
-                    f"{what}: the returned {gd.nodes[payload][0].__name__} is an input, so it keeps its "
+                    f"{what}: Inconsistent aliasing detected: the returned {gd.nodes[payload][0].__name__} is an input, so it keeps its "
                     f"in_axes layout, but out_axes gives {_fmt_path(rel)} axis {ax!r} instead of "
                     f"{in_specs[o]!r}. Make the out_axes entry agree with in_axes (or return a new object)."
                 )

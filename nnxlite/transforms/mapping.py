@@ -29,6 +29,10 @@ from nnxlite.transforms._lift import (
     _call_entries,
     _check_axis,
     _check_returned_axes,
+    _check_shared_entries,
+    _MISSING,
+    _table_lookup,
+    is_table_entry,
     _draw_split_keys,
     _rewinds_draws_on_error,
     _dyn_axes,
@@ -36,6 +40,7 @@ from nnxlite.transforms._lift import (
     _fresh_count,
     _Inputs,
     _is_axis_entry,
+    _is_node,
     _leave,
     _Meta,
     _new_var_specs,
@@ -386,14 +391,14 @@ _P = jax.sharding.PartitionSpec
 
 
 def _is_spec_entry(x: Any) -> bool:
-    return x is None or isinstance(x, (_P, Mapping))
+    return x is None or isinstance(x, (_P, Mapping)) or _is_node(x)
 
 
 def _spec_of(entry: Any, path: tuple, var: Any, what: str) -> Any:
     """The PartitionSpec (or ``'split'`` for an RNG stream) of one Variable under its argument's entry."""
-    if isinstance(entry, State):
-        spec = entry.flat().get(path)
-        return _P() if spec is None else spec
+    if is_table_entry(entry):  # nnx.get_partition_spec(model), nnx.prefix(model, {...})
+        spec = _table_lookup(entry, path)
+        return _P() if spec is _MISSING or spec is None else spec
     if isinstance(entry, Mapping):
         for key, spec in entry.items():
             if filterlib.to_predicate(key)(path, var):
@@ -472,6 +477,9 @@ def shard_map(
                 _spec_of(entries[root_pos[p[0]]], p[1:], v, what)
                 for p, v in zip(inputs.flat.graphdef.paths, inputs.flat.variables)
             ]
+            _check_shared_entries(
+                inputs, entries, specs, lambda e, rel, v: _spec_of(e, rel, v, what), f"{what} in_specs", kind="spec"
+            )
         streams = _split_streams(inputs, specs, what)
         key_idx, count_idx = [jk for _, jk, _ in streams], [jc for _, _, jc in streams]
         split_vars = {*key_idx, *count_idx}
