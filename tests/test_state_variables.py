@@ -206,3 +206,31 @@ def test_failed_opt_state_assignment_writes_nothing():
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
     optimizer.opt_state = optax.adam(1e-3).init(nnxlite.state(model, nnxlite.Param))
     assert int(optimizer.opt_state[0].count[...]) == 0
+
+
+def test_state_kept_in_a_pytree_created_inside_jit(nnx):
+    # flax's 10_fsdp_and_optimizer.py builds the model and its State-holding optimizer in nnx.jit
+    class Momentum(nnx.Pytree):
+        def __init__(self, params):
+            self.params = nnx.data(params)
+            self.momentum = nnx.data(
+                jax.tree.map(lambda v: nnx.Variable(jnp.zeros_like(v[...])), params, is_leaf=_is_var(nnx))
+            )
+
+    @nnx.jit
+    def create():
+        model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+        return model, Momentum(nnx.variables(model, nnx.Param))
+
+    model, opt = create()
+    assert opt.params["kernel"] is model.kernel  # the State still holds the model's own Variables
+    assert isinstance(opt.momentum["kernel"], nnx.Variable) and opt.momentum["kernel"].shape == (2, 3)
+
+    @nnx.jit
+    def bump(opt):
+        opt.params["bias"][...] += 1.0
+        opt.momentum["bias"][...] += 2.0
+
+    bump(opt)
+    np.testing.assert_allclose(model.bias[...], np.ones(3))
+    np.testing.assert_allclose(opt.momentum["bias"][...], 2 * np.ones(3))

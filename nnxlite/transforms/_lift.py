@@ -44,7 +44,7 @@ from nnxlite import graph
 from nnxlite.module import Dict as _TrackedDict
 from nnxlite.module import List as _TrackedList
 from nnxlite.rng import RngStream, _draw_lock
-from nnxlite.state import State, _fmt_path
+from nnxlite.state import State, _fmt_path, _init as _init_state
 from nnxlite.transforms.lift_types import is_lift_type
 from nnxlite.variables import (
     _EMPTY_METADATA,
@@ -61,7 +61,7 @@ __all__ = ["Carry"]
 _Tracer = jax.core.Tracer
 _tree_flatten = jax.tree_util.tree_flatten
 _tree_unflatten = jax.tree_util.tree_unflatten
-_OBJECT, _LIST, _DICT, _TUPLE = graph.OBJECT, graph.LIST, graph.DICT, graph.TUPLE
+_OBJECT, _LIST, _DICT, _TUPLE, _STATE = graph.OBJECT, graph.LIST, graph.DICT, graph.TUPLE, graph.STATE
 _STATIC, _VAR, _NODE = graph.STATIC, graph.VAR, graph.NODE
 
 
@@ -495,20 +495,20 @@ def _apply(
         elif kind == _DICT:
             objs[i] = dict.__new__(t)
 
-    def node(i: int) -> Any:  # tuples are immutable: built on demand, children first
+    def node(i: int) -> Any:  # tuples and States are built on demand, children first
         obj = objs[i]
         if obj is None:
-            t, _, template, var_slots, node_slots = node_specs[i]
-            values = list(template.values())
+            t, kind, template, var_slots, node_slots = node_specs[i]
+            content = dict(template)
             for key, j in var_slots:
-                values[key] = variables[j]
+                content[key] = variables[j]
             for key, j in node_slots:
-                values[key] = node(j)
-            obj = objs[i] = tuple(values) if t is tuple else t(*values)
+                content[key] = node(j)
+            obj = objs[i] = graph._immutable(t, kind, content)
         return obj
 
     for i, (t, kind, template, var_slots, node_slots) in enumerate(node_specs):
-        if kind == _TUPLE:
+        if kind == _TUPLE or (kind == _STATE and meta.node_origin[i] < 0):
             node(i)
             continue
         existing = meta.node_origin[i] >= 0
@@ -530,6 +530,9 @@ def _apply(
             d.update(content)
         elif kind == _LIST:
             list.__setitem__(obj, slice(None), list(content.values()))
+        elif kind == _STATE:  # a State kept on a module, edited inside: take the new leaves in place
+            fresh = State(content)
+            _init_state(obj, fresh._leaves, fresh._structure, obj._parent)
         else:
             dict.clear(obj)
             dict.update(obj, content)
