@@ -1,0 +1,39 @@
+"""Fixtures for the flax.nnx programs: each runs once per library.
+
+``nnx`` is the module a program imports as ``nnx``: nnxlite, or flax.nnx
+itself (skipped when flax is not installed), so every assertion is first
+known to hold for flax. ``both`` gives the pair, for tests that compare the
+numbers one program produces under each library.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import nnxlite
+
+
+@pytest.fixture(params=["nnxlite", "flax"])
+def nnx(request):
+    if request.param == "flax":
+        return pytest.importorskip("flax.nnx")
+    return nnxlite
+
+
+@pytest.fixture
+def both():
+    return nnxlite, pytest.importorskip("flax.nnx")
+
+
+@pytest.fixture
+def known_gap(request, nnx):
+    """``known_gap("why")`` marks this test xfail (not strict) for nnxlite only.
+
+    Used only while another engineer's change that fixes the gap is pending.
+    """
+
+    def mark(reason: str) -> None:
+        if nnx is nnxlite:
+            request.node.add_marker(pytest.mark.xfail(reason=reason, strict=False))
+
+    return mark
