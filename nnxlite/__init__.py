@@ -115,8 +115,9 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # nnx.bridge needs flax (Linen): imported on first use only, never by `import nnxlite`.
-    if name == "bridge":
+    # nnx.wrappers is its ToNNX/ToLinen module, which flax.nnx also has at the top level.
+    if name in ("bridge", "wrappers"):
         import importlib
 
-        return importlib.import_module("nnxlite.bridge")
+        return importlib.import_module("nnxlite.bridge" if name == "bridge" else "nnxlite.bridge.wrappers")
     raise AttributeError(f"module 'nnxlite' has no attribute {name!r}")

@@ -394,6 +394,8 @@ def _traverse(root: Any, epoch: int | None = None) -> _Flat:
         status = None
         if kind == OBJECT:
             status = obj.__dict__.get(STATUS_KEY) or getattr(type(obj), "_nnx_class_status", None)
+        elif kind != TUPLE and type(obj) is not list and type(obj) is not dict:
+            status = getattr(type(obj), "_nnx_item_status", None)  # nnx.data/nnx.static items (pytree.py)
         # A frame: node index, object, kind, items in own order, iterator over sorted items, refs, status.
         return [len(nodes) - 1, obj, kind, items, iter(order), {}, status]
 

@@ -342,15 +342,31 @@ class List(list):
     >>> ls = nnx.List([jnp.ones(2), nnx.Param(jnp.zeros(1))])
     >>> [x.shape for x in jax.tree.leaves(ls)]
     [(2,), (1,)]
+
+    Items may be marked as module attributes are: ``nnx.data(1)`` makes the
+    number at that index a leaf, ``nnx.static(...)`` asserts it holds no
+    data. As in flax, the mark belongs to the index and stays for later
+    assignments there.
+
+    >>> ls = nnx.List([nnx.data(1), nnx.static("relu"), 2])
+    >>> jax.tree.leaves(ls), ls[0]
+    ([1], 1)
     """
 
     __slots__ = ()
+    _nnx_item_status = None  # {index: is_data} for marked items; set on a marked subclass
 
     def __init__(self, iterable=()):
-        list.__init__(self, (_track(v) for v in iterable))
+        list.__init__(self, [_unmark(self, i, v) for i, v in enumerate(iterable)])
 
     def __setitem__(self, index, value):
-        value = [_track(v) for v in value] if isinstance(index, slice) else _track(value)
+        if isinstance(index, slice):
+            value = list(value)
+            start, stop, step = index.indices(len(self))
+            keys = range(start, start + len(value)) if step == 1 else range(start, stop, step)
+            value = [_unmark(self, k, v) for k, v in zip(keys, value)]
+        else:
+            value = _unmark(self, index + len(self) if index < 0 else index, value)
         list.__setitem__(self, index, value)
         _epoch.bump()
 
@@ -359,8 +375,7 @@ class List(list):
         _epoch.bump()
 
     def __iadd__(self, other):
-        list.extend(self, (_track(v) for v in other))
-        _epoch.bump()
+        self.extend(other)
         return self
 
     def __imul__(self, n):
@@ -369,15 +384,17 @@ class List(list):
         return self
 
     def append(self, value):
-        list.append(self, _track(value))
+        list.append(self, _unmark(self, len(self), value))
         _epoch.bump()
 
     def extend(self, values):
-        list.extend(self, (_track(v) for v in values))
+        list.extend(self, [_unmark(self, i, v) for i, v in enumerate(values, start=len(self))])
         _epoch.bump()
 
     def insert(self, index, value):
-        list.insert(self, index, _track(value))
+        # As in flax, marks stay with their index: the items after it move, their marks do not.
+        at = max(0, min(len(self), index + len(self) if index < 0 else index))
+        list.insert(self, index, _unmark(self, at, value))
         _epoch.bump()
 
     def pop(self, index=-1):
@@ -406,21 +423,30 @@ class List(list):
         _epoch.bump()
 
     def __reduce_ex__(self, protocol):
-        return (List, (list(self),))
+        return (_rebuild_marked, (_unmarked_type(type(self)), self._nnx_item_status, list(self)))
 
 
 class Dict(dict):
-    """A ``dict`` that tells graph caches when it changes. Created automatically."""
+    """A ``dict`` that tells graph caches when it changes. Created automatically.
+
+    Values may be marked ``nnx.data(...)`` / ``nnx.static(...)``, per key, as
+    in :class:`List`.
+
+    >>> import jax, nnxlite as nnx
+    >>> jax.tree.leaves(nnx.Dict(lr=nnx.data(0.1), name="sgd"))
+    [0.1]
+    """
 
     __slots__ = ()
+    _nnx_item_status = None  # {key: is_data} for marked values; set on a marked subclass
 
     def __init__(self, *args, **kwargs):
         dict.__init__(self, *args, **kwargs)
-        for k, v in dict.items(self):
-            dict.__setitem__(self, k, _track(v))
+        for k, v in list(dict.items(self)):
+            dict.__setitem__(self, k, _unmark(self, k, v))
 
     def __setitem__(self, key, value):
-        dict.__setitem__(self, key, _track(value))
+        dict.__setitem__(self, key, _unmark(self, key, value))
         _epoch.bump()
 
     def __delitem__(self, key):
@@ -433,7 +459,7 @@ class Dict(dict):
 
     def update(self, *args, **kwargs):
         for k, v in dict(*args, **kwargs).items():
-            dict.__setitem__(self, k, _track(v))
+            dict.__setitem__(self, k, _unmark(self, k, v))
         _epoch.bump()
 
     def setdefault(self, key, default=None):
@@ -456,7 +482,72 @@ class Dict(dict):
         _epoch.bump()
 
     def __reduce_ex__(self, protocol):
-        return (Dict, (dict(self),))
+        return (_rebuild_marked, (_unmarked_type(type(self)), self._nnx_item_status, dict(self)))
+
+
+# =====================================================================================
+# Per-item nnx.data / nnx.static marks in List and Dict
+# =====================================================================================
+# A container with marked items becomes an instance of a subclass of its type that
+# carries the marks as a class attribute (one subclass per set of marks, cached).
+# The type is what a GraphDef records for a node, so a merged copy has the same
+# marks, the traversal reads them like a module's statuses, and unmarked
+# containers pay nothing.
+_MARKED_TYPES: dict[tuple[type, _Status], type] = {}
+
+
+def _unmarked_type(t: type) -> type:
+    return t.__dict__.get("_nnx_unmarked", t)
+
+
+def _marked_type(base: type, status: _Status) -> type:
+    key = (base, status)
+    t = _MARKED_TYPES.get(key)
+    if t is None:
+        attrs = {"__slots__": (), "_nnx_item_status": status, "_nnx_unmarked": base, "__module__": base.__module__,
+                 "__qualname__": base.__qualname__}
+        t = _MARKED_TYPES[key] = type(base.__name__, (base,), attrs)
+        register_pytree(t)  # JAX registrations are per exact type
+    return t
+
+
+def _rebuild_marked(base: type, status: Any, items: Any) -> Any:
+    out = base(items)
+    if status:
+        out.__class__ = _marked_type(base, _Status(status))
+    return out
+
+
+def _unmark(container: Any, key: Any, value: Any) -> Any:
+    """The (tracked) value to store at ``key``, recording an ``nnx.data``/``nnx.static`` mark if it has one."""
+    status = type(container)._nnx_item_status
+    annotated = _data.annotation_of(value) if type(value) is dataclasses.Field else None
+    if annotated is None:
+        if status is not None and status.get(key) is False:
+            found = _data.holds_data(value)
+            if found:
+                raise _item_status_error(container, key, found, "is")
+        return _track(value)
+    value, is_static = annotated
+    if is_static:
+        found = _data.holds_data(value)
+        if found:
+            raise _item_status_error(container, key, found, "holds")
+    if status is None or status.get(key) is not (not is_static):
+        new = _Status(status or {})
+        new[key] = not is_static
+        container.__class__ = _marked_type(_unmarked_type(type(container)), new)
+    return _track(value)
+
+
+def _item_status_error(container: Any, key: Any, found: list[str], how: str) -> ValueError:
+    kinds = ", ".join(sorted(set(found)))
+    name = _unmarked_type(type(container)).__name__
+    return ValueError(
+        f"{name}[{key!r}] is marked nnx.static(...) but the value {how} data ({kinds}).\n"
+        f"  Static items are compile-time structure; state belongs in data items.\n"
+        f"  Fix: store it as nnx.data(...) (or without a mark), or remove the arrays/Variables/modules from it."
+    )
 
 
 # =====================================================================================

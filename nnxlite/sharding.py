@@ -70,13 +70,19 @@ class _PartitionedInit:
         self.sharding = sharding
         self.metadata = metadata
 
-    def __call__(self, key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Partitioned:
+    def __call__(self, *args: Any, **kwargs: Any) -> Partitioned:
+        # Any initializer signature: (key, shape, dtype) for layers, none at all for
+        # flax's `nnx.Param(nnx.with_partitioning(lambda: w, sharding=...)())`.
         # No rank check here: wrappers may draw a different shape and reshape
         # (LinearGeneral draws its kernel flat). get_partition_spec checks the
         # final Variable's rank and names its path.
-        value = self.init(key, tuple(shape), dtype)
+        if len(args) >= 2:
+            args = (args[0], tuple(args[1])) + args[2:]
+        value = self.init(*args, **kwargs)
         if isinstance(value, Variable):
             value = value.raw_value
+        if self.sharding is None:
+            return Partitioned(value, **self.metadata)
         return Partitioned(value, sharding=self.sharding, **self.metadata)
 
     def __repr__(self) -> str:
@@ -95,26 +101,43 @@ def _normalize_axes(axes: Any) -> tuple:
     return tuple(tuple(a) if isinstance(a, list) else a for a in axes)
 
 
-def with_partitioning(init: Callable, axes: Sequence[Any], **metadata: Any) -> Callable:
-    """Wrap an initializer so the Variable it initializes carries ``sharding=axes``.
+def with_partitioning(
+    initializer: Callable, sharding: Sequence[Any] | None = None, mesh: Mesh | None = None, **metadata: Any
+) -> Callable:
+    """Wrap an initializer so the Variable it initializes carries ``sharding`` metadata.
 
     The wrapped initializer returns a :class:`Partitioned` box; ``nnx.Param``
     and :func:`nnxlite.functional.param_from_init` unwrap it and copy its
-    metadata (``sharding`` plus any ``**metadata`` given here).
+    metadata (``sharding`` plus ``mesh`` and any ``**metadata`` given here).
+    flax.nnx's spellings all work: the names positionally or as ``sharding=``,
+    ``mesh=``, extra metadata such as ``sharding_rules=``, and initializers of
+    any signature (including none: ``with_partitioning(lambda: w, ...)()``).
 
     >>> import jax, jax.numpy as jnp, nnxlite as nnx
     >>> init = nnx.with_partitioning(nnx.initializers.zeros, (None, "mlp"))
     >>> p = nnx.Param(init(jax.random.PRNGKey(0), (2, 3), jnp.float32))
     >>> p.sharding, p.shape
     ((None, 'mlp'), (2, 3))
+    >>> nnx.Param(nnx.with_partitioning(lambda: jnp.ones(4), sharding=("data",))()).sharding
+    ('data',)
 
     Args:
-      init: an initializer ``(key, shape, dtype) -> array``.
-      axes: one logical axis name per dimension: a str, None (replicated), or a
-        tuple of names (the dimension is split over several mesh axes).
-      **metadata: more Variable metadata to attach.
+      initializer: an initializer, usually ``(key, shape, dtype) -> array``.
+      sharding: one logical axis name per dimension: a str, None (replicated),
+        or a tuple of names (the dimension is split over several mesh axes);
+        a ``PartitionSpec`` is read the same way. ``None`` (or leaving it out)
+        records no sharding, as flax.nnx's ``with_partitioning(init, None)``.
+      mesh: recorded as the Variable's ``mesh`` metadata when given.
+      **metadata: more Variable metadata to attach. ``axes=`` is nnxlite's
+        older name for ``sharding``.
     """
-    return _PartitionedInit(init, _normalize_axes(axes), metadata)
+    if "axes" in metadata:
+        if sharding is not None:
+            raise TypeError("with_partitioning: give the axis names once, as `sharding` (or its older name `axes`).")
+        sharding = metadata.pop("axes")
+    if mesh is not None:
+        metadata["mesh"] = mesh
+    return _PartitionedInit(initializer, None if sharding is None else _normalize_axes(sharding), metadata)
 
 
 # ---------------------------------------------------------------------------------

@@ -39,3 +39,41 @@ def test_prelu_parity_with_flax():
     ours, theirs = nnx.PReLU(0.3), fnnx.PReLU(0.3)
     x = jnp.linspace(-2, 2, 5)
     np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-6)
+
+
+@pytest.fixture(params=["nnxlite", "flax"])
+def lib(request):
+    if request.param == "flax":
+        return pytest.importorskip("flax.nnx")
+    return nnx
+
+
+@pytest.mark.parametrize("x_dtype", [jnp.float32, jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("param_dtype", [jnp.float32, jnp.float16])
+@pytest.mark.parametrize("dtype", [None, jnp.float16, jnp.float32])
+def test_prelu_dtypes_as_flax(lib, x_dtype, param_dtype, dtype):
+    act = lib.PReLU(negative_slope_init=0.02, param_dtype=param_dtype, dtype=dtype)
+    assert act.negative_slope[...].dtype == param_dtype
+    x = jnp.linspace(-10, 10, 20, dtype=x_dtype)
+    y = act(x)
+    # dtype=None: computed in the input's dtype (the slope is cast to it); else in `dtype`.
+    compute = x_dtype if dtype is None else dtype
+    assert y.dtype == compute
+    slope = np.asarray(jnp.asarray(jnp.asarray(0.02, param_dtype), compute))
+    xc = np.asarray(x.astype(compute)).astype(np.float64)
+    expected = np.where(xc >= 0, xc, xc * slope.astype(np.float64))
+    np.testing.assert_allclose(np.asarray(y, np.float64), expected, rtol=1e-2 if compute != jnp.float32 else 1e-6)
+
+
+@pytest.mark.parametrize("x_dtype, param_dtype", [(jnp.float16, jnp.float32), (jnp.float16, jnp.float16),
+                                                  (jnp.float32, jnp.float16)])
+def test_prelu_output_and_gradient_equal_flax_exactly(x_dtype, param_dtype):
+    fnnx = pytest.importorskip("flax.nnx")
+    x = jnp.linspace(-10, 10, 20, dtype=x_dtype)
+    ours = nnx.PReLU(negative_slope_init=0.02, param_dtype=param_dtype)
+    theirs = fnnx.PReLU(negative_slope_init=0.02, param_dtype=param_dtype)
+    np.testing.assert_array_equal(ours(x), theirs(x))
+    grad_ours = jax.grad(lambda m: m(x).mean())(ours).negative_slope[...]
+    grad_theirs = jax.grad(lambda m: m(x).mean())(theirs).negative_slope[...]
+    assert grad_ours.dtype == grad_theirs.dtype == param_dtype
+    np.testing.assert_array_equal(grad_ours, grad_theirs)

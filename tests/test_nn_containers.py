@@ -149,3 +149,52 @@ def test_per_call_overrides_beat_the_mode_flags():
     assert not np.allclose(noisy, clean)
     model.train()
     np.testing.assert_allclose(model.body(x, deterministic=True, use_running_average=True), model.eval().body(x))
+
+
+# ---------------------------------------------------- flax.nnx's calling convention
+@pytest.fixture(params=["nnxlite", "flax"])
+def lib(request):
+    if request.param == "flax":
+        return pytest.importorskip("flax.nnx")
+    return nnx
+
+
+def test_several_positional_and_keyword_arguments_go_to_the_first_layer(lib):
+    first = lambda a, b, *, scale: a * scale + b  # noqa: E731
+    model = lib.Sequential(first, lib.Linear(3, 2, **INIT, rngs=lib.Rngs(0)))
+    a = jnp.asarray(np.random.default_rng(2).standard_normal((4, 3)), jnp.float32)
+    b = jnp.ones((4, 3))
+    layer = model.layers[1]
+    expected = (a * 2.0 + b) @ np.asarray(layer.kernel[...]) + np.asarray(layer.bias[...])
+    np.testing.assert_allclose(model(a, b, scale=2.0), expected, rtol=1e-5)
+
+
+def test_tuple_outputs_spread_over_positional_arguments_and_dicts_over_keywords(lib):
+    split = lambda x: (x[:, :2], x[:, 2:])  # noqa: E731
+    join = lambda left, right: {"total": left.sum(-1) + right.sum(-1), "count": left.shape[-1] + right.shape[-1]}  # noqa: E731
+    mean = lambda total, count: total / count  # noqa: E731
+    model = lib.Sequential(split, join, mean)
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((5, 4)), jnp.float32)
+    np.testing.assert_allclose(model(x), np.asarray(x).mean(-1), rtol=1e-6)
+    pair = lib.Sequential(lambda a, b: (a + b, a - b), lambda s, d: s * d)
+    np.testing.assert_allclose(pair(jnp.array(3.0), jnp.array(1.0)), 8.0)
+
+
+def test_a_tuple_output_also_carries_the_routed_keywords():
+    seen = {}
+
+    def last(a, b, *, deterministic=None):
+        seen["deterministic"] = deterministic
+        return a + b
+
+    model = nnx.Sequential(lambda x: (x, 2 * x), last)
+    np.testing.assert_allclose(model(jnp.ones(2), deterministic=True), 3.0)
+    assert seen["deterministic"] is True
+
+
+def test_empty_sequential_returns_its_input(lib):
+    identity = lib.Sequential()
+    assert identity(12) == 12
+    assert identity(12, 23) == (12, 23)
+    assert identity() is None
+    assert identity(k=2) == {"k": 2}

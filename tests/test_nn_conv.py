@@ -254,8 +254,8 @@ def test_conv_transpose_with_transposed_kernel_is_the_adjoint_of_conv():
 
 
 def test_conv_transpose_rejects_unsupported_padding():
-    with pytest.raises(ValueError, match="not supported"):
-        nnx.ConvTranspose(2, 3, 3, padding="CIRCULAR", **INIT, ctx=nnx.context(0))
+    with pytest.raises(ValueError, match="'REFLECT' is not supported"):
+        nnx.ConvTranspose(2, 3, 3, padding="REFLECT", **INIT, ctx=nnx.context(0))
     with pytest.raises(ValueError, match=r"ConvTranspose\(in_features=2"):
         nnx.ConvTranspose(2, 3, 3, **INIT, ctx=nnx.context(0))(jnp.ones((1, 4, 3)))
 
@@ -275,3 +275,73 @@ def test_conv_transpose_parity_with_flax(kwargs, x_shape):
     copy_params_to_flax(ours, theirs)
     x = jnp.asarray(randn(*x_shape))
     np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------- ConvTranspose, CIRCULAR
+@pytest.fixture(params=["nnxlite", "flax"])
+def lib(request):
+    if request.param == "flax":
+        return pytest.importorskip("flax.nnx")
+    return nnx
+
+
+def np_conv_transpose_circular(x, w, strides, dilation, transpose_kernel):
+    """The full (VALID) output folded onto one period (size * stride) by index modulo the period.
+
+    Centring: the spill past the period is split evenly, the odd element going low
+    (high with ``transpose_kernel``).
+    """
+    rank = w.ndim - 2
+    if transpose_kernel:  # lax flips the window and swaps in/out
+        w = np.flip(w, axis=tuple(range(rank))).swapaxes(-1, -2)
+    full = np_conv_transpose_valid(x, w, strides, dilation)
+    periods = [n * s for n, s in zip(x.shape[1:-1], strides)]
+    lows = []
+    for length, period in zip(full.shape[1:-1], periods):
+        fill = (period - length) % (2 * period)
+        lows.append(fill // 2 if transpose_kernel else (fill + 1) // 2)
+    out = np.zeros((x.shape[0], *periods, full.shape[-1]))
+    for pos in itertools.product(*(range(n) for n in full.shape[1:-1])):
+        target = tuple((p + low) % period for p, low, period in zip(pos, lows, periods))
+        out[(slice(None),) + target] += full[(slice(None),) + pos]
+    return out
+
+
+CIRCULAR_CASES = [
+    # kernel_size, strides, kernel_dilation, use_bias, transpose_kernel, x_shape
+    ((3,), 1, 1, True, False, (2, 7, 3)),
+    ((4,), 2, 1, False, False, (2, 5, 3)),           # even kernel, stride 2
+    ((3,), 3, 2, True, True, (1, 4, 3)),             # dilated, transposed kernel
+    ((7, 4), (2, 3), (2, 3), True, False, (6, 5, 3)),  # flax's conv_test case, smaller input
+    ((3, 2), 1, (1, 2), False, True, (5, 4, 3)),     # no batch axis
+]
+
+
+@pytest.mark.parametrize("kernel_size, strides, dilation, use_bias, transpose_kernel, x_shape", CIRCULAR_CASES)
+def test_conv_transpose_circular_matches_numpy_wraparound(lib, kernel_size, strides, dilation, use_bias,
+                                                          transpose_kernel, x_shape):
+    layer = lib.ConvTranspose(
+        3, 2, kernel_size, strides, padding="CIRCULAR", kernel_dilation=dilation, use_bias=use_bias,
+        transpose_kernel=transpose_kernel, **INIT, rngs=lib.Rngs(0),
+    )
+    x = randn(*x_shape)
+    batched = x if x.ndim == len(kernel_size) + 2 else x[None]
+    rank = len(kernel_size)
+    s = (strides,) * rank if isinstance(strides, int) else strides
+    d = (dilation,) * rank if isinstance(dilation, int) else dilation
+    w, b = params(layer)
+    expected = np_conv_transpose_circular(batched, w, s, d, transpose_kernel) + b
+    y = layer(jnp.asarray(x))
+    assert y.shape == x.shape[:-(rank + 1)] + tuple(n * k for n, k in zip(x.shape[-(rank + 1):-1], s)) + (2,)
+    np.testing.assert_allclose(y, expected.reshape(y.shape), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_size, strides, dilation, use_bias, transpose_kernel, x_shape", CIRCULAR_CASES)
+def test_conv_transpose_circular_equals_flax_exactly(kernel_size, strides, dilation, use_bias, transpose_kernel, x_shape):
+    fnnx = pytest.importorskip("flax.nnx")
+    kwargs = dict(padding="CIRCULAR", kernel_dilation=dilation, use_bias=use_bias, transpose_kernel=transpose_kernel)
+    ours = nnx.ConvTranspose(3, 2, kernel_size, strides, **kwargs, **INIT, rngs=nnx.Rngs(0))
+    theirs = fnnx.ConvTranspose(3, 2, kernel_size, strides, **kwargs, kernel_init=ZEROS, bias_init=ZEROS, rngs=fnnx.Rngs(0))
+    copy_params_to_flax(ours, theirs)
+    x = jnp.asarray(randn(*x_shape))
+    np.testing.assert_array_equal(ours(x), theirs(x))

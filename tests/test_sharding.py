@@ -299,3 +299,76 @@ def test_per_device_rng_under_shard_map_on_8_devices():
     assert r["matches_reference"]  # device i used fold_in(key, i)
     assert r["count"] == 1 and r["key_restored"]  # replicated state (out_specs=P()) stays consistent
     assert r["cm_matches"] and r["cm_count"] == 1
+
+
+# ------------------------------------------------ flax.nnx's with_partitioning spellings
+@pytest.fixture(params=["nnxlite", "flax"])
+def lib(request):
+    if request.param == "flax":
+        return pytest.importorskip("flax.nnx")
+    return nnx
+
+
+def _names(variable):
+    """The logical axis names a Variable carries (flax 0.12 calls the entry `out_sharding`)."""
+    meta = variable.get_metadata()
+    return meta.get("out_sharding", meta.get("sharding"))
+
+
+@pytest.fixture
+def mesh_ab():
+    # flax 0.12 places a partitioned Variable on the current mesh at creation, so it needs one.
+    mesh = jax.make_mesh((1, 1), ("a", "b"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    with jax.set_mesh(mesh):
+        yield mesh
+
+
+@pytest.mark.parametrize("spelling", ["positional", "keyword", "partition_spec", "with_mesh", "with_rules"])
+def test_with_partitioning_call_shapes_in_a_layer(lib, mesh_ab, spelling):
+    init = lib.initializers.lecun_normal()
+    wrapped = {
+        "positional": lambda: lib.with_partitioning(init, ("a", "b")),
+        "keyword": lambda: lib.with_partitioning(init, sharding=("a", "b")),
+        "partition_spec": lambda: lib.with_partitioning(init, P("a", "b")),
+        "with_mesh": lambda: lib.with_partitioning(init, ("a", "b"), mesh=mesh_ab),
+        "with_rules": lambda: lib.with_partitioning(init, ("a", "b"), sharding_rules=(("x", "a"),)),
+    }[spelling]()
+    layer = lib.Linear(2, 3, kernel_init=wrapped, rngs=lib.Rngs(0))
+    assert tuple(_names(layer.kernel)) == ("a", "b")
+    expected = init(lib.Rngs(0).params(), (2, 3), jnp.float32)  # the wrapper draws exactly what init draws
+    np.testing.assert_array_equal(layer.kernel[...], expected)
+    if spelling == "with_mesh":
+        assert layer.kernel.get_metadata()["mesh"] is mesh_ab
+    if spelling == "with_rules":
+        assert layer.kernel.get_metadata()["sharding_rules"] == (("x", "a"),)
+
+
+def test_with_partitioning_of_an_initializer_without_arguments(lib, mesh_ab):
+    w = lib.Param(lib.with_partitioning(lambda: jnp.arange(4.0).reshape(2, 2), sharding=("a", "b"))())
+    assert tuple(_names(w)) == ("a", "b")
+    np.testing.assert_array_equal(w[...], np.arange(4.0).reshape(2, 2))
+
+
+def test_with_partitioning_none_records_no_axis_names(lib, mesh_ab):
+    layer = lib.Linear(2, 3, kernel_init=lib.with_partitioning(lib.initializers.ones, None), rngs=lib.Rngs(0))
+    assert _names(layer.kernel) is None
+    np.testing.assert_array_equal(layer.kernel[...], np.ones((2, 3)))
+
+
+def test_with_partitioning_sharding_may_be_left_out_and_axes_is_the_older_name():
+    p = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros)(jax.random.PRNGKey(0), (2,)))
+    assert "sharding" not in p.get_metadata()
+    q = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, axes=("a",))(jax.random.PRNGKey(0), (2,)))
+    assert q.sharding == ("a",)
+    with pytest.raises(TypeError, match="give the axis names once"):
+        nnx.with_partitioning(nnx.initializers.zeros, ("a",), axes=("a",))
+
+
+def test_with_metadata_out_sharding_in_a_layer(lib, mesh_ab):
+    layer = lib.Linear(
+        3, 3, rngs=lib.Rngs(0),
+        kernel_init=lib.with_metadata(lib.initializers.lecun_normal(), out_sharding=("a", "b")),
+        bias_init=lib.with_metadata(lib.initializers.zeros_init(), out_sharding=("b",)),
+    )
+    assert tuple(_names(layer.kernel)) == ("a", "b") and tuple(_names(layer.bias)) == ("b",)
+    np.testing.assert_array_equal(layer.bias[...], np.zeros(3))

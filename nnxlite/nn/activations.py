@@ -97,7 +97,9 @@ class PReLU(Module):
 
     Args:
       negative_slope_init: initial slope for negative inputs.
-      dtype, param_dtype: computation and parameter dtypes.
+      dtype: the computation (and output) dtype; None (the default) computes
+        in the input's dtype, casting the slope to it.
+      param_dtype: the dtype of the ``negative_slope`` Param.
       promote_dtype: ``fn((x, slope), dtype=...)`` casting the operands.
       negative_slope_metadata: metadata set on the ``negative_slope`` Param.
       ctx: accepted for a uniform constructor signature (no randomness is
@@ -123,5 +125,11 @@ class PReLU(Module):
         self.negative_slope = param_from_init(init, None, (), param_dtype, **(negative_slope_metadata or {}))
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        x, slope = self.promote_dtype((inputs, self.negative_slope.value), dtype=self.dtype)
+        slope = self.negative_slope.value
+        if self.dtype is None:
+            # No computation dtype: the output keeps the input's dtype (flax.nnx and Linen
+            # cast the slope to it rather than promote, so float16 inputs stay float16).
+            x, slope = inputs, jnp.asarray(slope, jnp.asarray(inputs).dtype)
+        else:
+            x, slope = self.promote_dtype((inputs, slope), dtype=self.dtype)
         return jnp.where(x >= 0, x, slope * x)

@@ -40,6 +40,15 @@ class Sequence(Module):
     raises ``TypeError``, except the ones models thread through every layer
     (``ctx``, ``deterministic``, ``use_running_average``, ``decode``).
 
+    Every positional argument goes to the first layer. A layer that returns a
+    tuple feeds it to the next layer as positional arguments, and a dict as
+    keyword arguments (as in flax.nnx); any other output is the next layer's
+    one input. With no layers the input comes back unchanged.
+
+    >>> pair = nnx.Sequential(lambda a, b: (a + b, a - b), lambda s, d: s * d)
+    >>> float(pair(jnp.array(3.0), jnp.array(1.0)))   # (3 + 1) * (3 - 1)
+    8.0
+
     Layers can be given as one list (``Sequence([a, b])``) or as arguments
     (``Sequential(a, b)``). Plain functions are static parts of the module
     definition; modules are state. ``model.layers`` is a list you can edit
@@ -54,27 +63,32 @@ class Sequence(Module):
                 raise TypeError(f"Sequence: layer {i} ({type(layer).__name__}) is not callable.")
         self.layers = list(layers)
 
-    def __call__(self, x: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        layers = self.layers
+        if not layers:  # nothing to apply: hand the input back, as flax.nnx does
+            return args[0] if len(args) == 1 else args if args else (kwargs or None)
         if not kwargs:
-            for layer in self.layers:
-                x = layer(x)
-            return x
+            out = layers[0](*args)
+            for i in range(1, len(layers)):
+                out = _feed(layers[i], out, None)
+            return out
         used: set[str] = set()
-        for layer in self.layers:
+        out = None
+        for i, layer in enumerate(layers):
             accepted = accepted_keywords(layer)
             if accepted is None:  # takes **kwargs
                 layer_kwargs = kwargs
             else:
                 layer_kwargs = {k: v for k, v in kwargs.items() if k in accepted}
             used.update(layer_kwargs)
-            x = layer(x, **layer_kwargs)
+            out = layer(*args, **layer_kwargs) if i == 0 else _feed(layer, out, layer_kwargs)
         unused = set(kwargs) - used - THREADED_KEYWORDS
         if unused:
             raise TypeError(
                 f"Sequence: no layer accepts the keyword(s) {sorted(unused)}; "
                 f"layers: {[_name(layer) for layer in self.layers]}."
             )
-        return x
+        return out
 
     def __getitem__(self, index):
         return self.layers[index]
@@ -87,6 +101,17 @@ class Sequence(Module):
 
 
 Sequential = Sequence
+
+
+def _feed(layer: Callable, out: Any, call_kwargs: dict | None) -> Any:
+    """Call ``layer`` on the previous layer's output: a tuple is spread over the
+    positional arguments and a dict over the keywords (flax.nnx's rule), anything
+    else is the one input. ``call_kwargs`` are the call's keywords routed to it."""
+    if isinstance(out, tuple):
+        return layer(*out, **call_kwargs) if call_kwargs else layer(*out)
+    if isinstance(out, dict):
+        return layer(**{**call_kwargs, **out}) if call_kwargs else layer(**out)
+    return layer(out, **call_kwargs) if call_kwargs else layer(out)
 
 _ACCEPTED_CACHE: dict[Any, frozenset[str] | None] = {}
 _CACHE_LIMIT = 4096

@@ -224,8 +224,10 @@ class ConvTranspose(Module):
       use_bias, mask, dtype, param_dtype, precision, kernel_init, bias_init: as for :class:`Conv`.
       promote_dtype, preferred_element_type: as for :class:`Conv`.
       ctx (or rngs), kernel_metadata, bias_metadata: as for :class:`Conv`.
-      padding: ``'SAME'``, ``'VALID'``, an int, or one int or ``(low, high)``
-        pair per spatial axis.
+      padding: ``'SAME'``, ``'VALID'``, ``'CIRCULAR'`` (the input is one
+        period of a periodic signal: the output is ``size * stride`` long and
+        what would spill past an edge wraps around to the other), an int, or
+        one int or ``(low, high)`` pair per spatial axis.
       transpose_kernel: use the ``(*window, out, in)`` layout and flip the
         window, as in the gradient of a convolution.
     """
@@ -264,10 +266,10 @@ class ConvTranspose(Module):
         self.out_features = out_features
         self.strides = as_tuple(strides, rank, "strides", "ConvTranspose")
         self.padding = canonical_padding(padding, rank, "ConvTranspose")
-        if isinstance(self.padding, str) and self.padding not in ("SAME", "VALID"):
+        if isinstance(self.padding, str) and self.padding not in ("SAME", "VALID", "CIRCULAR"):
             raise ValueError(
-                f"ConvTranspose: padding={padding!r} is not supported; use 'SAME', 'VALID', an int, "
-                "or (low, high) pairs (for circular boundaries, jnp.pad the input with mode='wrap' first)."
+                f"ConvTranspose: padding={padding!r} is not supported; use 'SAME', 'VALID', 'CIRCULAR', an int, "
+                "or (low, high) pairs."
             )
         self.kernel_dilation = as_tuple(kernel_dilation, rank, "kernel_dilation", "ConvTranspose")
         self.use_bias = use_bias
@@ -288,17 +290,46 @@ class ConvTranspose(Module):
         x, batch_shape = fold_batch(x, rank + 1, "ConvTranspose")
         x, kernel, bias = _masked_operands(self, x)
         extra = {} if self.preferred_element_type is None else {"preferred_element_type": self.preferred_element_type}
+        circular = self.padding == "CIRCULAR"
         y = lax.conv_transpose(
             x,
             kernel,
             strides=self.strides,
-            padding=self.padding,
+            padding="VALID" if circular else self.padding,
             rhs_dilation=self.kernel_dilation,
             dimension_numbers=channels_last(rank),
             transpose_kernel=self.transpose_kernel,
             precision=self.precision,
             **extra,
         )
+        if circular:
+            periods = [size * s for size, s in zip(x.shape[1:-1], self.strides)]
+            y = _wrap_around(y, periods, self.transpose_kernel)
         if bias is not None:
             y = y + bias
         return unfold_batch(y, batch_shape)
+
+
+def _wrap_around(y: jax.Array, periods: list[int], transpose_kernel: bool) -> jax.Array:
+    """Fold the full ('VALID') transposed-convolution output onto a torus of size ``periods``.
+
+    What spills past either edge of an output period is added back at the
+    other edge, which is what a transposed convolution of a periodic signal
+    computes. Each spatial axis is centred on the period first: the spill is
+    split evenly between both sides, an odd element going to the low side
+    (to the high side with ``transpose_kernel``, so that the layer is the
+    adjoint of a circular :class:`Conv`). The axis is then zero-padded to an
+    odd number of whole periods, the period start landing on a period
+    boundary, cut into periods and summed (flax.nnx's convention, same
+    numerics).
+    """
+    pads = [(0, 0)]
+    for length, period in zip(y.shape[1:-1], periods):
+        fill = (period - length) % (2 * period)  # brings the length to an odd multiple of the period
+        low = fill // 2 if transpose_kernel else (fill + 1) // 2
+        pads.append((low, fill - low))
+    y = jnp.pad(y, pads + [(0, 0)])
+    for axis, period in enumerate(periods, start=1):
+        shape = y.shape
+        y = y.reshape(shape[:axis] + (shape[axis] // period, period) + shape[axis + 1 :]).sum(axis=axis)
+    return y
