@@ -7,6 +7,7 @@ eval steps, ``optimizer.update(model, grads)``, ``model.train()/eval()``.
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 
 import jax
@@ -44,7 +45,9 @@ def batches(n=4, size=16):
         yield {"image": images, "label": labels}
 
 
+@functools.lru_cache(maxsize=None)
 def run(nnx, steps=4):
+    """Train and evaluate once per library; the tests below read the results."""
     model = make_cnn(nnx)(rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adamw(0.01, 0.9), wrt=nnx.Param)
     metrics = nnx.MultiMetric(
