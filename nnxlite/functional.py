@@ -42,6 +42,7 @@ import numpy as np
 from nnxlite import filters as filterlib
 from nnxlite import graph
 from nnxlite.rng import Context, RngStream
+from nnxlite.rng import _as_key as rng_as_key
 from nnxlite.state import State, _fmt_path, _new_state
 from nnxlite.variables import Param, Variable
 
@@ -168,9 +169,8 @@ def _path_salt(path: Path) -> int:
 
 
 def _as_key(rng: Any) -> jax.Array:
-    if isinstance(rng, (int, np.integer)):
-        return jax.random.PRNGKey(rng)
-    return rng
+    # One rule for seeds everywhere: the typed key an RngStream would hold (a raw uint32 key is wrapped).
+    return rng_as_key(rng)
 
 
 class Transformed(NamedTuple):

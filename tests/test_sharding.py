@@ -283,7 +283,7 @@ SHARD_MAP_SCRIPT = textwrap.dedent(
         "folded_distinct": len({b.tobytes() for b in blocks}),
         "matches_reference": all(np.array_equal(b, r) for b, r in zip(blocks, ref)),
         "count": int(new["ctx"]["dropout"]["count"]),
-        "key_restored": bool(np.array_equal(new["ctx"]["dropout"]["key"], key)),
+        "key_restored": bool(np.array_equal(jax.random.key_data(new["ctx"]["dropout"]["key"]), jax.random.key_data(key))),
         "cm_matches": bool(np.array_equal(np.asarray(cm), np.asarray(folded))),
         "cm_count": int(cm_state["ctx"]["dropout"]["count"]),
     }))

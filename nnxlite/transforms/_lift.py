@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import types
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +44,7 @@ from nnxlite import graph
 from nnxlite.module import Dict as _TrackedDict
 from nnxlite.module import List as _TrackedList
 from nnxlite.rng import RngStream, _draw_lock
-from nnxlite.state import _fmt_path
+from nnxlite.state import State, _fmt_path
 from nnxlite.transforms.lift_types import is_lift_type
 from nnxlite.variables import (
     _EMPTY_METADATA,
@@ -597,7 +598,7 @@ Carry = _CarryType()
 
 
 def _is_axis_entry(x: Any) -> bool:
-    return x is None or x is Carry or isinstance(x, (int, str, Mapping))
+    return x is None or x is Carry or isinstance(x, (int, str, Mapping)) or _is_node(x)
 
 
 
@@ -619,6 +620,8 @@ def _prefix_entries(prefix: Any, tree: Any, is_entry: Callable, what: str) -> li
             f"{what}: the entry for a {type(tree).__name__} must be an int, None or a dict "
             f"{{filter: axis}}, got {prefix!r}."
         )
+    if isinstance(prefix, State) and isinstance(tree, State):
+        return _state_prefix_entries(prefix, tree, is_entry, what)
     structural = (
         isinstance(prefix, Mapping)
         and isinstance(tree, Mapping)
@@ -635,6 +638,41 @@ def _prefix_entries(prefix: Any, tree: Any, is_entry: Callable, what: str) -> li
     for p, t in zip(p_children, t_children):
         out.extend(_prefix_entries(p, t, is_entry, what))
     return out
+
+
+def _state_prefix_entries(prefix: State, tree: State, is_entry: Callable, what: str) -> list:
+    """A State of entries by path for a State argument (flax's functional style), matched path by path."""
+    table = prefix.flat()
+    children, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda y: y is not tree)
+    out = []
+    for keys, child in children:
+        path = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in keys)
+        entry = table.get(path)
+        if isinstance(entry, Variable):
+            entry = entry.raw_value
+        out.extend(_prefix_entries(entry, child, is_entry, what))
+    return out
+
+
+def _bind_keywords(f: Callable, spec: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Keyword arguments moved to their positions when ``spec`` has one entry per positional parameter.
+
+    flax.nnx binds keywords to positions before matching ``in_axes``
+    (``MLP(key=keys)`` under ``@nnx.vmap(in_axes=(state_axes, 0))``); JAX
+    instead maps keywords over axis 0. Only a per-argument tuple that the
+    positional arguments alone do not fill triggers the binding, so every call
+    JAX accepts keeps JAX's meaning.
+    """
+    if not kwargs or not isinstance(spec, (tuple, list)) or len(spec) == len(args):
+        return args, kwargs
+    try:
+        bound = inspect.signature(f).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return args, kwargs
+    bound.apply_defaults()
+    if bound.kwargs or len(bound.args) != len(spec):
+        return args, kwargs
+    return tuple(bound.args), {}
 
 
 def _call_entries(spec: Any, args: tuple, kwargs: dict, kw_entry: Any, is_entry: Callable, what: str) -> list:
@@ -672,6 +710,44 @@ def _check_axis(ax: Any, allowed: tuple, what: str) -> Any:
     return ax
 
 
+_MISSING = object()
+
+
+def is_table_entry(entry: Any) -> bool:
+    """A per-path entry: a State of values by path, or a copy of the module holding values in its slots.
+
+    ``nnx.prefix(model, {...})`` gives the first; ``nnx.prefix((model, rngs), {...})``
+    maps each object like a pytree and gives the second. Either says, for each
+    Variable path of the argument, its axis (sharding, spec...).
+    """
+    return isinstance(entry, State) or _is_node(entry)
+
+
+def _table_lookup(entry: Any, path: tuple, paths=None) -> Any:
+    """What a per-path entry holds at ``path`` (any of ``paths`` for a shared Variable), or ``_MISSING``."""
+    for p in (path,) if paths is None else paths:
+        x = _walk(entry, p)
+        if x is not _MISSING:
+            return x
+    return _MISSING
+
+
+def _walk(x: Any, path: tuple) -> Any:
+    for key in path:
+        try:
+            if isinstance(x, (Mapping, list, tuple)):
+                x = x[key]
+            else:
+                x = getattr(x, key) if isinstance(key, str) else x[key]
+        except (KeyError, IndexError, AttributeError, TypeError):
+            return _MISSING
+    if isinstance(x, Variable):
+        x = x.raw_value
+    if isinstance(x, (Mapping, RngStream)) or _is_node(x):
+        return _MISSING  # the entry stops above this Variable: no value of its own
+    return x
+
+
 def _resolve(
     entry: Any, path: tuple, var: Variable, default: Any, rng_default: Any, allowed: tuple, what: str, paths=None
 ) -> Any:
@@ -680,7 +756,12 @@ def _resolve(
     ``paths``: all paths of a Variable in a shared sub-module (canonical first);
     a path filter matches if any of them does (:func:`nnxlite.filters.matches`).
     """
-    if isinstance(entry, Mapping):
+    if is_table_entry(entry):
+        ax = _table_lookup(entry, path, paths)
+        if ax is not _MISSING:
+            return _check_axis(ax, allowed, what)
+        base = default
+    elif isinstance(entry, Mapping):
         for key, ax in entry.items():
             pred = filterlib.to_predicate(key)
             if pred(path, var) if paths is None else filterlib.matches(pred, paths, var):
@@ -781,10 +862,13 @@ def _check_shared_entries(
                     specs[j] = other
                 continue
             if other != specs[j]:
+                home = gd.paths[j]
                 raise ValueError(
-                    f"{what}: {_var_label(flat, j)} is shared with argument {k} (at "
-                    f"{_fmt_path(rel)}), whose entry gives it {kind} {other!r} instead of {specs[j]!r}. "
-                    f"One object has one layout: give both arguments the same {kind} for it, or pass it once."
+                    f"{what}: Inconsistent aliasing detected: the {type(flat.variables[j]).__name__} "
+                    f"{_var_label(flat, j)} is reached from two arguments whose entries give it different "
+                    f"{'axes' if kind == 'axis' else kind + 's'}: argument {home[0]} at {_fmt_path(home[1:])}: {specs[j]!r}, argument {k} at "
+                    f"{_fmt_path(rel)}: {other!r}. One object has one layout: give both arguments the same "
+                    f"{kind} for it, or pass it once."
                 )
 
 
@@ -806,7 +890,7 @@ def _check_returned_axes(meta: "_Meta", node_entries: list, in_specs: list, defa
             ax = _resolve(entry, rel, probe, default, None, allowed, what)
             if ax != in_specs[o]:
                 raise ValueError(
-                    f"{what}: the returned {gd.nodes[payload][0].__name__} is an input, so it keeps its "
+                    f"{what}: Inconsistent aliasing detected: the returned {gd.nodes[payload][0].__name__} is an input, so it keeps its "
                     f"in_axes layout, but out_axes gives {_fmt_path(rel)} axis {ax!r} instead of "
                     f"{in_specs[o]!r}. Make the out_axes entry agree with in_axes (or return a new object)."
                 )
@@ -903,17 +987,23 @@ def _rewinds_draws_on_error(wrapper: Callable) -> Callable:
 
 def _axis_size(values: Sequence, axes: Sequence, given: int | None, what: str) -> int | None:
     sizes = set()
-    for x, ax in zip(values, axes):
+    for value, ax in zip(values, axes):
         if isinstance(ax, int) and not isinstance(ax, bool):
-            shape = np.shape(x)
-            if not shape:
-                raise ValueError(f"{what}: cannot map axis {ax} of a scalar value.")
-            sizes.add(shape[ax])
+            # A Variable may hold a pytree (a capture buffer's dict): each of its arrays is mapped.
+            for x in (value,) if _is_array_like(value) else jax.tree_util.tree_leaves(value):
+                shape = np.shape(x)
+                if not shape:
+                    raise ValueError(f"{what}: cannot map axis {ax} of a scalar value.")
+                sizes.add(shape[ax])
     if given is not None:
         return given
     if len(sizes) > 1:
         raise ValueError(f"{what}: mapped inputs have different sizes along their axes: {sorted(sizes)}.")
     return sizes.pop() if sizes else None
+
+
+def _is_array_like(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, int, float, complex, bool, jax.ShapeDtypeStruct))
 
 
 def _fresh_count(count_value: Any) -> Any:

@@ -102,7 +102,7 @@ def value_and_grad(
             allow_int=allow_int, reduce_axes=reduce_axes, graph=graph, graph_updates=graph_updates,
         )
     check_mode(graph, graph_updates, "nnx.value_and_grad")
-    return _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value=True)
+    return _make(f, argnums, wrt, has_aux, holomorphic, allow_int, True, _tree_mode(graph, graph_updates))
 
 
 def grad(
@@ -127,6 +127,16 @@ def grad(
 
     Without ``f`` it is a decorator factory; ``argnums`` entries may be
     ``nnx.DiffState(argnum, filter)`` (see :func:`value_and_grad`).
+
+    In flax.nnx's tree/functional mode (``graph=False`` or
+    ``graph_updates=False``, also through ``nnx.set_graph_mode`` /
+    ``nnx.set_graph_updates``) a module's gradient is a copy of the module
+    holding the gradients, as flax returns it (shared references kept;
+    Variables outside ``wrt`` hold zeros):
+
+    >>> g = nnx.grad(lambda m: m(jnp.ones((1, 2))).sum(), graph_updates=False)(model)
+    >>> type(g).__name__, g.bias.value.tolist()
+    ('Linear', [1.0])
     """
     if f is None:
         return functools.partial(
@@ -134,18 +144,19 @@ def grad(
             allow_int=allow_int, reduce_axes=reduce_axes, graph=graph, graph_updates=graph_updates,
         )
     check_mode(graph, graph_updates, "nnx.grad")
-    return _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value=False)
+    return _make(f, argnums, wrt, has_aux, holomorphic, allow_int, False, _tree_mode(graph, graph_updates))
 
 
 class _Plan:
     """Which leaves are differentiated, and how to shape their gradients (one per traversal)."""
 
-    __slots__ = ("diff_vars", "diff_others", "arg_grads")
+    __slots__ = ("diff_vars", "diff_others", "arg_grads", "part_roots")
 
-    def __init__(self, diff_vars, diff_others, arg_grads):
+    def __init__(self, diff_vars, diff_others, arg_grads, part_roots=()):
         self.diff_vars = diff_vars  # Variable indices, in the order they are differentiated
         self.diff_others = diff_others  # positions (in inputs.others) of differentiated array leaves
         self.arg_grads = arg_grads  # per argnum: (treedef, [("var", [k...], structure) | ("other", k)])
+        self.part_roots = part_roots  # per argnum: the joint-traversal root of each part (None: an array)
 
 
 def _selects(pred, flat, root: int, path: tuple, j: int) -> bool:
@@ -186,8 +197,10 @@ def _plan(inputs: _Inputs, argnums: tuple, wrts: tuple) -> _Plan:
     diff_vars: list[int] = []
     diff_others: list[int] = []
     arg_grads = []
+    part_roots = []
     for a, pred in zip(argnums, preds):
         parts = []
+        part_roots.append([root_of_leaf.get(leaf) for leaf in range(starts[a], starts[a] + arg_sizes[a])])
         for leaf in range(starts[a], starts[a] + arg_sizes[a]):
             if inputs.mask[leaf]:
                 entries = []
@@ -209,7 +222,51 @@ def _plan(inputs: _Inputs, argnums: tuple, wrts: tuple) -> _Plan:
                 parts.append(("other", len(diff_others)))
                 diff_others.append(other_of_leaf[leaf])
         arg_grads.append((args_td.children()[a], parts))
-    return _Plan(diff_vars, diff_others, arg_grads)
+    return _Plan(diff_vars, diff_others, arg_grads, part_roots)
+
+
+def _tree_mode(graph_mode: bool | None, graph_updates: bool | None) -> bool:
+    """flax.nnx's tree/functional mode (graph=False or graph_updates=False), read when a transform is defined."""
+    graph_mode = set_graph_mode.current_value() if graph_mode is None else graph_mode
+    graph_updates = set_graph_updates.current_value() if graph_updates is None else graph_updates
+    return not (graph_mode and graph_updates)
+
+
+def _module_shaped(plan: _Plan, inputs: _Inputs, grads: list) -> list:
+    """flax's tree-mode gradients: each module's State replaced by a copy of the module holding the gradients.
+
+    In flax.nnx's tree mode a module is a pytree, so ``jax.grad`` hands back
+    one of the same type (``grads.kernel`` is a Param). The copy has the
+    module's structure, its shared references included; a Variable that is
+    not differentiated (``wrt``) holds zeros (``float0`` for integer or key
+    state, as ``jax.grad(allow_int=True)`` gives).
+    """
+    roots = inputs.roots
+    out = []
+    for g, (treedef, parts), root_ids in zip(grads, plan.arg_grads, plan.part_roots):
+        leaves = treedef.flatten_up_to(g)
+        for t, (part, r) in enumerate(zip(parts, root_ids)):
+            if part[0] == "var" and r is not None:
+                leaves[t] = _holding(roots[r], leaves[t])
+        out.append(jax.tree_util.tree_unflatten(treedef, leaves))
+    return out
+
+
+def _holding(node: Any, grads: State) -> Any:
+    copy = graph.clone(node)
+    values = grads.flat()
+    flat = graph.flatten_roots((copy,))
+    for path, var in zip(flat.graphdef.paths, flat.variables):
+        x = values.get(path[1:])
+        if x is None:
+            v = var.raw_value
+            dtype = getattr(v, "dtype", None)
+            x = jnp.zeros_like(v) if dtype is not None and jnp.issubdtype(dtype, jnp.inexact) else (
+                np.zeros(np.shape(v), jax.dtypes.float0))
+        elif isinstance(x, Variable):
+            x = x.raw_value
+        var.raw_value = x
+    return copy
 
 
 def _shape_grads(plan: _Plan, g_state: Sequence, g_others: Sequence) -> list:
@@ -248,7 +305,7 @@ def _split_argnums(argnums, wrt) -> tuple[bool, tuple, tuple]:
     return multiple, tuple(nums), tuple(wrts)
 
 
-def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
+def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value, tree_mode=False):
     multiple, argnums_t, wrts = _split_argnums(argnums, wrt)
     cache = _RootsCache()
 
@@ -300,6 +357,8 @@ def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value):
             aligned = _scatter(len(variables), _KEEP, (changed, new_values))
             aux = _apply(meta, aligned, extra, aux, inputs.flat)
         grads = _shape_grads(plan, g_state, g_others)
+        if tree_mode:
+            grads = _module_shaped(plan, inputs, grads)
         grads = tuple(grads) if multiple else grads[0]
         if has_aux:
             value = (value, aux)
@@ -450,14 +509,17 @@ def vjp(
         if f is None:
             return lambda fn: functools.wraps(fn)(lambda *ps: vjp(fn, *ps, **options))
         return functools.wraps(f)(lambda *ps: vjp(f, *ps, **options))
-    _, plan, pure, diff_primals, finish = _linear_parts(f, primals, wrt, "nnx.vjp", has_aux)
+    inputs, plan, pure, diff_primals, finish = _linear_parts(f, primals, wrt, "nnx.vjp", has_aux)
     out, pullback, aux = jax.vjp(pure, *diff_primals, has_aux=True)
     new_values, user_aux = aux if has_aux else (aux, None)
     finish(new_values)
+    tree_mode = _tree_mode(graph, graph_updates)
 
     def vjp_fn(cotangent: Any) -> tuple:
         g_state, g_others = pullback(cotangent)
-        return tuple(_shape_grads(plan, g_state, g_others))
+        grads = _shape_grads(plan, g_state, g_others)
+        # flax's vjp runs in tree/functional mode only: there a module's gradient is the module's shape
+        return tuple(_module_shaped(plan, inputs, grads) if tree_mode else grads)
 
     return (out, vjp_fn, user_aux) if has_aux else (out, vjp_fn)
 
@@ -594,9 +656,12 @@ def custom_vjp(
     (1.0806, 0.8415)
 
     ``nondiff_argnums`` entries are ints (arguments that are not
-    differentiated and are passed first to ``bwd``, as in JAX; they cannot be
-    modules) or ``nnx.DiffState(argnum, filter)``: only that module's
-    Variables matching ``filter`` get a tangent (the rest get zero).
+    differentiated and are passed first to ``bwd``, as in JAX; a module there
+    gets no tangent and reaches ``bwd`` as it was on entry) or
+    ``nnx.DiffState(argnum, filter)``: only that module's Variables matching
+    ``filter`` get a tangent (the rest get zero). A function may change plain
+    attributes of its modules (``m.z += 1``): the change comes out, except
+    under ``graph_updates=False``, where (as in flax) it is dropped.
 
     With ``graph_updates=False`` (or ``graph=False``; also under
     ``nnx.set_graph_updates(False)``), ``bwd`` follows flax's simple
@@ -662,19 +727,20 @@ class CustomVjp:
             args, kwargs = bound.args, {}
         n = len(args)
         nd_pos = sorted(i % n for i in self._jax_nondiff if -n <= i < n)
-        for i in nd_pos:
-            nodes = [x for x in jax.tree_util.tree_leaves(args[i], is_leaf=_is_node) if _is_node(x)]
-            if nodes:
-                raise TypeError(
-                    f"{_WHAT}: argument {i} holds a {type(nodes[0]).__name__}, but an int in nondiff_argnums "
-                    "marks a plain (non-module) argument. For a module, give nnx.DiffState(argnum, filter) "
-                    "instead (nnx.DiffState(argnum, nnx.Nothing) for no tangent at all)."
-                )
+        # A non-differentiated argument holding modules (flax allows an int for it) cannot go through
+        # JAX's nondiff_argnums (its state is traced): it is an argument with no tangent, and bwd gets
+        # it first, as the value it had on entry, as JAX would give a plain one.
+        mod_nd = tuple(
+            i for i in nd_pos if any(_is_node(x) for x in jax.tree_util.tree_leaves(args[i], is_leaf=_is_node))
+        )
+        nd_pos = [i for i in nd_pos if i not in mod_nd]
         filters = {i % n: f for i, f in self._filters.items() if -n <= i < n}
-        return _call(self, args, tuple(nd_pos), filters)
+        for i in mod_nd:
+            filters[i] = filterlib.Nothing()
+        return _call(self, args, tuple(nd_pos), filters, mod_nd)
 
 
-def _call(cv: CustomVjp, args: tuple, nd_pos: tuple, filters: dict) -> Any:
+def _call(cv: CustomVjp, args: tuple, nd_pos: tuple, filters: dict, mod_nd: tuple = ()) -> Any:
     """One call: flatten, run ``jax.custom_vjp`` over the state, write updates back."""
     n = len(args)
     diff_args = [i for i in range(n) if i not in nd_pos]
@@ -700,18 +766,26 @@ def _call(cv: CustomVjp, args: tuple, nd_pos: tuple, filters: dict) -> Any:
         other = list(others)
         for k, x in zip(diff_others, d_others):
             other[k] = x
+        if mod_nd and user_fn is cv.fwd:
+            entered, _, _, _ = _enter(gd, treedef, mask, list(state), other)
+            cell["nd_mods"] = [entered[i] for i in mod_nd]
         a, _, roots, pre = _enter(gd, treedef, mask, state, other)
         a = list(a)
         for i, x in zip(nd_pos, nd):
             a[i] = x
         result = user_fn(*a)
         out = result if user_fn is cv.fun else result[0]
-        aligned, _, out, meta = _leave(pre, roots, out, state)
+        aligned, extra, out, meta = _leave(pre, roots, out, state)
         if meta is not None:
-            raise ValueError(
-                f"{_WHAT}: the function changed the structure of a module argument or returned a module; it "
-                "must return arrays (pytrees of them) and keep its modules' structure."
-            )
+            if extra or meta.out_node_pos or meta.new_var_indices():
+                raise ValueError(
+                    f"{_WHAT}: the function created Variables or returned a module; it must return arrays "
+                    "(pytrees of them), and its modules may change only their plain attributes and values."
+                )
+            # Only plain attributes changed (flax's `m.z += 1`): replayed on the caller's modules
+            # after the call, unless bwd follows the functional convention (graph_updates=False).
+            out = jax.tree_util.tree_unflatten(meta.out_treedef, out)
+        cell["meta"] = meta
         cell["changed"] = [j for j, (new, old) in enumerate(zip(aligned, state)) if new is not old]
         return aligned, out, result
 
@@ -725,6 +799,8 @@ def _call(cv: CustomVjp, args: tuple, nd_pos: tuple, filters: dict) -> Any:
     def fwd(*flat_args):
         nd, (diff_state, rest_state, d_others) = flat_args[:n_nd], flat_args[n_nd:]
         aligned, out, (_, residual) = run(cv.fwd, nd, diff_state, rest_state, d_others)
+        if mod_nd:
+            residual = (residual, cell.pop("nd_mods"))
         res_inputs = _Inputs((residual,), {})
         cell["residual"] = (res_inputs.graphdef, res_inputs.treedef, res_inputs.mask)
         return (aligned, out), (res_inputs.leaves(), res_inputs.others)
@@ -734,12 +810,20 @@ def _call(cv: CustomVjp, args: tuple, nd_pos: tuple, filters: dict) -> Any:
         r_gd, r_treedef, r_mask = cell["residual"]
         (residual,), _, _, _ = _enter(r_gd, r_treedef, r_mask, res_leaves, res_others)
         updates = _shape_grads(full, [state_ct[j] for j in full.diff_vars], [None] * len(full.diff_others))
-        updates = tuple(_none_for_arrays(u) for u in updates)
+        updates = tuple(_none_for_arrays(u) for u, i in zip(updates, diff_args) if i not in mod_nd)
+        if mod_nd:
+            residual, nd_mods = residual
+            given = dict(zip(nd_pos, nd))
+            given.update(zip(mod_nd, nd_mods))
+            nd = [given[i] for i in sorted(given)]
         if simple:
             kw = {"updates_g": updates} if _takes_updates_g(cv.bwd) else {}
             tangent = cv.bwd(*nd, residual, out_ct, **kw)
         else:
             tangent = cv.bwd(*nd, residual, (updates, out_ct))
+        if mod_nd and isinstance(tangent, (tuple, list)):
+            it = iter(tangent)  # no tangent for the modules passed as non-differentiated
+            tangent = tuple(None if i in mod_nd else next(it, None) for i in diff_args)
         return _tangent_cts(tangent, plan, diff_args, avals, other_avals, diff_vars, rest_vars, diff_others)
 
     fn = jax.custom_vjp(primal, nondiff_argnums=tuple(range(n_nd)))
@@ -747,6 +831,11 @@ def _call(cv: CustomVjp, args: tuple, nd_pos: tuple, filters: dict) -> Any:
     primals = ([leaves[j] for j in diff_vars], [leaves[j] for j in rest_vars], [others[k] for k in diff_others])
     aligned, out = fn(*nd_vals, *primals)
     changed = cell.get("changed", ())
+    meta = cell.get("meta")
+    if meta is not None and not simple:
+        leaves = jax.tree_util.tree_leaves(out)
+        _apply(meta, _scatter(n_vars, _KEEP, (changed, [aligned[j] for j in changed])), [], leaves, inputs.flat)
+        return out
     _write([inputs.variables[j] for j in changed], [aligned[j] for j in changed])
     return out
 

@@ -30,11 +30,15 @@ from nnxlite.transforms._lift import (
     _enter,
     _explain_leak,
     _KEEP,
+    _MISSING,
     _Inputs,
     _is_node,
     _leave,
     _RootsCache,
+    _prefix_entries,
     _scatter,
+    _table_lookup,
+    is_table_entry,
 )
 from nnxlite.variables import Variable
 
@@ -93,18 +97,16 @@ def _note_lost(err: BaseException, donated: Sequence[Variable]) -> None:
 # in_shardings entries for modules
 # =====================================================================================
 def _is_sharding_entry(x: Any) -> bool:
-    return x is None or isinstance(x, (jax.sharding.Sharding, jax.sharding.PartitionSpec, Mapping))
+    return x is None or isinstance(x, (jax.sharding.Sharding, jax.sharding.PartitionSpec, Mapping)) or _is_node(x)
 
 
 def _sharding_for(entry: Any, path: tuple, var: Variable, lookup: dict) -> Any:
-    """The sharding of one Variable under a module's ``in_shardings`` entry."""
+    """The sharding of one Variable under a module's ``in_shardings``/``out_shardings`` entry."""
     if entry is None or isinstance(entry, (jax.sharding.Sharding, jax.sharding.PartitionSpec)):
         return entry
-    if isinstance(entry, State):  # e.g. nnx.get_named_sharding(model, mesh)
-        table = lookup.get(id(entry))
-        if table is None:
-            table = lookup[id(entry)] = entry.flat()
-        return table.get(path)
+    if is_table_entry(entry):  # nnx.get_named_sharding(model, mesh), nnx.prefix(model, {...})
+        sharding = _table_lookup(entry, path)
+        return None if sharding is _MISSING else sharding
     for key, sharding in entry.items():  # {filter: sharding}
         if filterlib.to_predicate(key)(path, var):
             return sharding
@@ -359,7 +361,7 @@ class _Jitted:
         out_state: list = []
         relayout: frozenset = frozenset()
         if self._in_shardings is not None or self._out_shardings is not None:
-            in_s, out_state = self._shardings(inputs, dargs, dkwargs, arg_of_leaf, don_idx, keep_idx)
+            in_s, out_state = self._shardings(inputs, dargs, dkwargs, statics, don_idx, keep_idx)
             if self._in_shardings is not None:
                 jit_kwargs["in_shardings"] = in_s
                 # Variables not yet in the layout asked for come back (and so are stored) in it.
@@ -368,10 +370,13 @@ class _Jitted:
                     if sh is not None and not _has_layout(v.raw_value, sh)
                 )
             # Which Variables come out is known only after tracing, so their layout is pinned
-            # inside (below) rather than by an out_shardings prefix.
-            jit_kwargs["out_shardings"] = (None, None, self._out_shardings, None)
+            # inside (below) rather than by an out_shardings prefix; so is out_shardings' (it
+            # may name modules in the output, whose Variables travel apart from the output).
 
         static_items = statics
+        out_spec = self._out_shardings
+        pinned: dict = {}  # id(traced value) -> the sharding out_shardings gives it
+        layouts: list = []
         don_t, keep_t = tuple(don_idx), tuple(keep_idx)
         don_set = frozenset(don_idx) | relayout
 
@@ -385,6 +390,8 @@ class _Jitted:
                 kwargs = dict(kwargs, **dict(static_kw))
             epoch = _epoch._current
             out = fun(*args, **kwargs)
+            if out_spec is not None:
+                out = _constrain_outputs(out_spec, out, pinned)
             if pre is not None and _epoch._current == epoch and not _holds_node(out):
                 # No structural edit anywhere while the function ran (it would have moved the
                 # epoch), so the graph is still the one built on entry: read its Variables
@@ -400,17 +407,35 @@ class _Jitted:
                 for j, x in changed.items():
                     if out_state[j] is not None:
                         changed[j] = jax.lax.with_sharding_constraint(x, out_state[j])
-            return changed, extra, out, meta
+            result = changed, extra, out, meta
+            if out_spec is not None:
+                # The layout of each output leaf that out_shardings pinned (None for the rest),
+                # read by the shape-only pass below to build jax.jit's own out_shardings.
+                layouts[:] = [jax.tree_util.tree_map(lambda x: pinned.get(id(x)), result)]
+                pinned.clear()
+            return result
 
         inner.__name__ = getattr(fun, "__name__", "fn")
         inner.__qualname__ = getattr(fun, "__qualname__", inner.__name__)
         comp = _Compiled()
+        if out_spec is not None:
+            # Which leaves come out (changed Variables, new ones, the output) is known only after
+            # tracing: a shape-only pass finds the layout of each, then jax.jit pins them, so the
+            # results carry exactly the shardings asked for (a constraint alone may be relaxed).
+            jax.eval_shape(inner, [v.raw_value for v in (inputs.variables[j] for j in don_t)],
+                           [v.raw_value for v in (inputs.variables[j] for j in keep_t)], *inputs.others)
+            jit_kwargs["out_shardings"] = layouts[0]
         comp.fn = jax.jit(inner, donate_argnums=donate, **jit_kwargs)
         comp.don_idx, comp.keep_idx = don_t, keep_t
         return comp
 
-    def _shardings(self, inputs: _Inputs, dargs, dkwargs, arg_of_leaf, don_idx, keep_idx):
+    def _shardings(self, inputs: _Inputs, dargs, dkwargs, statics, don_idx, keep_idx):
         spec = self._in_shardings
+        if isinstance(spec, (tuple, list)) and statics and len(spec) == len(dargs) - len(statics):
+            # As in jax.jit: one entry per non-static positional argument.
+            it = iter(spec)
+            static_pos = {i for i, _ in statics}
+            spec = tuple(None if i in static_pos else next(it) for i in range(len(dargs)))
         if spec is None:
             entries = [None] * len(inputs.mask)
         else:
@@ -487,6 +512,43 @@ def _as_traversed(gd, variables: list, nodes: list) -> list:
                 if j in data:
                     listed[j] = _data.slot(nodes[i], key, graph._SLOT_TYPES[kind])
     return listed
+
+
+def _constrain_outputs(spec: Any, out: Any, pinned: dict) -> Any:
+    """Pin the layout of ``out`` to ``out_shardings``, modules in it included (inside the trace).
+
+    ``spec`` is a prefix of the output, as in ``jax.jit``; an entry that lands
+    on a module (a Sharding, a ``{filter: sharding}`` dict, ``nnx.StateSharding``
+    or a State of shardings by path) constrains each of its Variables, which
+    then leave the compiled function in that layout.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(out, is_leaf=_is_node)
+    entries = _prefix_entries(spec, out, _is_sharding_entry, "nnx.jit out_shardings")
+    lookup: dict = {}
+    for i, (x, entry) in enumerate(zip(leaves, entries)):
+        if entry is None:
+            continue
+        if not _is_node(x):
+            if _is_mapping_entry(entry):
+                raise ValueError(
+                    f"nnx.jit out_shardings: {entry!r} gives shardings per Variable, but the output holds a "
+                    f"{type(x).__name__} there, not a module; give a Sharding or PartitionSpec."
+                )
+            if isinstance(x, jax.Array):
+                leaves[i] = jax.lax.with_sharding_constraint(x, entry)
+                pinned[id(leaves[i])] = entry
+            continue
+        flat = graph.flatten_roots((x,))
+        for path, var in zip(flat.graphdef.paths, flat.variables):
+            sharding = _sharding_for(entry, path[1:], var, lookup)
+            if sharding is not None and isinstance(var.raw_value, jax.Array):
+                var.raw_value = jax.lax.with_sharding_constraint(var.raw_value, sharding)
+                pinned[id(var.raw_value)] = sharding
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _is_mapping_entry(entry: Any) -> bool:
+    return isinstance(entry, Mapping) or _is_node(entry)
 
 
 def _holds_node(out: Any) -> bool:

@@ -25,6 +25,7 @@ from nnxlite.transforms._lift import (
     Carry,
     _apply,
     _axis_size,
+    _bind_keywords,
     _call_entries,
     _check_axis,
     _check_returned_axes,
@@ -113,6 +114,7 @@ def scan(
     @_rewinds_draws_on_error
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        args, kwargs = _bind_keywords(f, in_axes, args, kwargs)
         inputs = _Inputs(args, kwargs)
         entries = _call_entries(in_axes, args, kwargs, None, _is_axis_entry, f"{what} in_axes")
         raw_specs = _state_specs(inputs, entries, 0, allowed, f"{what} in_axes")
@@ -243,11 +245,11 @@ def _carry_entry(entry: Any) -> Any:
 
 
 def _to_front(x: Any, axis: int) -> Any:
-    return x if axis == 0 else jnp.moveaxis(x, axis, 0)
+    return x if axis == 0 else jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, axis, 0), x)
 
 
 def _from_front(x: Any, axis: int) -> Any:
-    return x if axis == 0 else jnp.moveaxis(x, 0, axis)
+    return x if axis == 0 else jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, axis), x)
 
 
 # =====================================================================================

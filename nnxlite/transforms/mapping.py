@@ -18,15 +18,21 @@ import jax
 from nnxlite import filters as filterlib
 from nnxlite.state import State, _fmt_path
 from nnxlite.transforms.axis_metadata import AxisMetadata, axis_metadata, remove_axes, restore_axes
+from nnxlite.transforms.lift_types import is_lift_type
 from nnxlite.transforms.modes import check_mode
 from nnxlite.transforms._lift import (
     _KEEP,
     _SPLIT,
     _apply,
     _axis_size,
+    _bind_keywords,
     _call_entries,
     _check_axis,
     _check_returned_axes,
+    _check_shared_entries,
+    _MISSING,
+    _table_lookup,
+    is_table_entry,
     _draw_split_keys,
     _rewinds_draws_on_error,
     _dyn_axes,
@@ -34,6 +40,7 @@ from nnxlite.transforms._lift import (
     _fresh_count,
     _Inputs,
     _is_axis_entry,
+    _is_node,
     _leave,
     _Meta,
     _new_var_specs,
@@ -75,6 +82,32 @@ def _out_entries(out_axes: Any, meta_or_out, is_entry, what: str) -> tuple[list,
 
 class _OutNode:
     """Placeholder leaf used to match ``out_axes`` against an output's structure."""
+
+
+def _fast_out_axes(out_axes: Any, what: str) -> Any:
+    """``out_axes`` for the first (array-only) pass: ``nnx.StateAxes`` entries, which only modules take, as 0.
+
+    JAX accepts only ints and None as leaves; a module in the output restarts
+    the call on the general path, which reads the StateAxes. An output that
+    holds no module at a StateAxes position is an error, raised there.
+    """
+    if not _has_lift_type(out_axes):
+        return out_axes
+    return jax.tree_util.tree_map(lambda x: 0 if is_lift_type(x) else x, out_axes, is_leaf=is_lift_type)
+
+
+def _has_lift_type(spec: Any) -> bool:
+    return any(is_lift_type(x) for x in jax.tree_util.tree_leaves(spec, is_leaf=is_lift_type))
+
+
+def _check_no_lift_type_on_arrays(out_axes: Any, out: Any, what: str) -> None:
+    """A ``StateAxes`` out_axes entry that lands on arrays (no module there) is a mistake: say so."""
+    for entry in _prefix_entries(out_axes, out, _is_axis_entry, f"{what} out_axes"):
+        if is_lift_type(entry):
+            raise ValueError(
+                f"{what} out_axes: {entry!r} applies to modules, but the output holds arrays at its "
+                "position; give an int or None there."
+            )
 
 
 def vmap(
@@ -172,6 +205,7 @@ def _mapped(
     @_rewinds_draws_on_error
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        args, kwargs = _bind_keywords(f, in_axes, args, kwargs)
         inputs = _Inputs(args, kwargs)
         entries = _call_entries(in_axes, args, kwargs, 0, _is_axis_entry, f"{what} in_axes")
         specs = _state_specs(inputs, entries, 0, allowed, f"{what} in_axes")
@@ -197,6 +231,7 @@ def _mapped(
         n_vars = len(specs)
         changed_broadcast: list = []
         unbatched_new: list = []
+        lift_out = _has_lift_type(out_axes)
         cell: list = []
 
         def body(general: bool):
@@ -210,6 +245,8 @@ def _mapped(
                 changed_broadcast[:] = [j for j in kept if specs[j] is None and aligned[j] is not leaves[j]]
                 if meta is not None and not general:
                     raise _Restart(meta)
+                if not general and lift_out:
+                    _check_no_lift_type_on_arrays(out_axes, out, what)
                 new_state = [aligned[j] for j in kept]
                 if not general:
                     return new_state, out
@@ -233,7 +270,7 @@ def _mapped(
                 raise
 
         try:
-            new_state, out = run_vmap(body(False), (state_axes, out_axes))
+            new_state, out = run_vmap(body(False), (state_axes, _fast_out_axes(out_axes, what)))
             meta, extra = None, []
         except _Restart as restart:
             meta = restart.meta
@@ -354,14 +391,14 @@ _P = jax.sharding.PartitionSpec
 
 
 def _is_spec_entry(x: Any) -> bool:
-    return x is None or isinstance(x, (_P, Mapping))
+    return x is None or isinstance(x, (_P, Mapping)) or _is_node(x)
 
 
 def _spec_of(entry: Any, path: tuple, var: Any, what: str) -> Any:
     """The PartitionSpec (or ``'split'`` for an RNG stream) of one Variable under its argument's entry."""
-    if isinstance(entry, State):
-        spec = entry.flat().get(path)
-        return _P() if spec is None else spec
+    if is_table_entry(entry):  # nnx.get_partition_spec(model), nnx.prefix(model, {...})
+        spec = _table_lookup(entry, path)
+        return _P() if spec is _MISSING or spec is None else spec
     if isinstance(entry, Mapping):
         for key, spec in entry.items():
             if filterlib.to_predicate(key)(path, var):
@@ -440,6 +477,9 @@ def shard_map(
                 _spec_of(entries[root_pos[p[0]]], p[1:], v, what)
                 for p, v in zip(inputs.flat.graphdef.paths, inputs.flat.variables)
             ]
+            _check_shared_entries(
+                inputs, entries, specs, lambda e, rel, v: _spec_of(e, rel, v, what), f"{what} in_specs", kind="spec"
+            )
         streams = _split_streams(inputs, specs, what)
         key_idx, count_idx = [jk for _, jk, _ in streams], [jc for _, _, jc in streams]
         split_vars = {*key_idx, *count_idx}
