@@ -111,7 +111,7 @@ import numpy as np
 
 from nnxlite import _checksums, graph
 from nnxlite import _safetensors_format as fmt
-from nnxlite.state import State, StateStructure, _fmt_path, _new_state
+from nnxlite.state import State, StateStructure, _fmt_path, _new_state, boxed_state, raw_leaves
 from nnxlite.variables import Variable
 
 __all__ = ["save", "restore", "load", "CorruptCheckpointError"]
@@ -331,7 +331,7 @@ def save(path: str | os.PathLike, node: Any) -> None:
     entries: dict[str, dict] = {}
     owners: dict[str, Path] = {}
     stored: list[tuple[str, tuple]] = []
-    for i, (p, value) in enumerate(zip(s.paths, state._leaves)):
+    for i, (p, value) in enumerate(zip(s.paths, raw_leaves(state))):
         _path_components(p)
         key = _key(p)
         if key in owners:
@@ -790,7 +790,7 @@ def restore(
     as_state = _is_value_tree(target)
     if as_state:
         state = _as_state(target)
-        structure, leaves = state._structure, state._leaves
+        structure, leaves = state._structure, raw_leaves(state)
         check_types = structure.defs is not None
         flat = None
     else:
@@ -814,10 +814,10 @@ def restore(
     ])
     values = [(i, _to_target(v, leaves[i])) for i, v in values]
     if as_state:
-        new_leaves = list(leaves)
+        new_leaves = list(state._leaves)
         for i, v in values:
             new_leaves[i] = v
-        return _new_state(new_leaves, structure)
+        return boxed_state(new_leaves, structure)
     for i, v in values:
         flat.variables[i].raw_value = v
     return target

@@ -125,7 +125,7 @@ def test_variable_methods():
     assert c.tag == "t" and not v.has_metadata("tag") and c is not v
     w = nnx.Param(jnp.zeros(2))
     w.copy_from(v)
-    assert w.value.tolist() == [3.0, 3.0] and w.sharding == ("a",)
+    assert w.value.tolist() == [3.0, 3.0] and w.sharding_names == ("a",)
     count = nnx.Variable(0)
     count[...] += 1
     assert count.value == 1
@@ -165,7 +165,7 @@ def test_call_with_metadata_display_tabulate(capsys):
     y, (graphdef, state) = nnx.call(nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0))))(jnp.ones((1, 2)))
     assert y.shape == (1, 3) and isinstance(state, nnx.State)
     init = nnx.with_metadata(nnx.initializers.ones, sharding_names=("embed",))
-    assert nnx.Param(init(jax.random.PRNGKey(0), (2,), jnp.float32)).sharding == ("embed",)
+    assert nnx.Param(init(jax.random.PRNGKey(0), (2,), jnp.float32)).sharding_names == ("embed",)
     nnx.display(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
     assert "Linear(in_features=2" in capsys.readouterr().out
     table = nnx.tabulate(nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0))))

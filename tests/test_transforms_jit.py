@@ -215,7 +215,7 @@ def test_set_metadata_inside_propagates():
         m.kernel.set_metadata(sharding=("in", "out"))
 
     tag(model)
-    assert model.kernel.sharding == ("in", "out")
+    assert model.kernel.sharding_names == ("in", "out")
 
 
 # -- no stale caches --------------------------------------------------------------------
