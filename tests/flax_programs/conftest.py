@@ -24,16 +24,3 @@ def nnx(request):
 def both():
     return nnxlite, pytest.importorskip("flax.nnx")
 
-
-@pytest.fixture
-def known_gap(request, nnx):
-    """``known_gap("why")`` marks this test xfail (not strict) for nnxlite only.
-
-    Used only while another engineer's change that fixes the gap is pending.
-    """
-
-    def mark(reason: str) -> None:
-        if nnx is nnxlite:
-            request.node.add_marker(pytest.mark.xfail(reason=reason, strict=False))
-
-    return mark

@@ -85,15 +85,13 @@ def test_sharded_init_and_training(nnx):
     assert got == sorted([str(P(None, "model")), str(P("model", None))])
 
 
-def test_out_sharding_metadata_and_eager_placement(nnx, known_gap):
-    known_gap("with_partitioning stores 'sharding', not flax 0.12's 'out_sharding' (sharding.py, another owner)")
+def test_out_sharding_metadata_and_eager_placement(nnx):
     model = run(nnx)[1]
     assert model.dot1.kernel.out_sharding == (None, "model")
     assert model.w2.out_sharding == ("model", None)
 
 
-def test_named_shardings_from_state(nnx, known_gap):
-    known_gap("with_partitioning stores 'sharding', not flax 0.12's 'out_sharding', so no eager placement")
+def test_named_shardings_from_state(nnx):
     mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(AxisType.Auto, AxisType.Auto))
     with jax.set_mesh(mesh):
         model = make_mlp(nnx)(8, rngs=nnx.Rngs(0))
