@@ -267,6 +267,19 @@ class _DictSlot(_Slot):
         dict.__setitem__(self.owner, self.key, new)
 
 
+class _StateSlot(_Slot):
+    __slots__ = ()
+
+    @property
+    def raw_value(self) -> Any:
+        st = self.owner
+        return st._leaves[st._structure.index[(self.key,)]]
+
+    @raw_value.setter
+    def raw_value(self, new: Any) -> None:
+        self.owner._set_path((self.key,), new)
+
+
 # A slot holds its owner strongly, so while a slot is alive its owner's id is unique.
 _SLOTS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 

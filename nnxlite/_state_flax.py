@@ -30,6 +30,7 @@ class FlaxStateMethods:
         self._delete_prefix(prefix)
 
     def _delete_prefix(self, prefix: tuple) -> None:
+        from nnxlite import _epoch
         from nnxlite.state import StateStructure, _init
 
         s = self._structure
@@ -44,6 +45,7 @@ class FlaxStateMethods:
         if self._parent is not None:
             parent, key = self._parent
             parent._delete_prefix((key,) + prefix)
+        _epoch.bump()
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         """Remove ``key`` and return its value (a leaf or a sub-State); ``default`` if absent."""

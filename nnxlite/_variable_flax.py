@@ -84,8 +84,9 @@ class FlaxVariableMethods:
 
     @property
     def sharding_names(self) -> Any:
-        """The ``sharding`` metadata (flax's older name for it)."""
-        return self._metadata.get("sharding")
+        """The axis names of the ``sharding`` (or flax's ``out_sharding``) metadata."""
+        meta = self._metadata
+        return meta.get("sharding", meta.get("out_sharding", meta.get("sharding_names")))
 
     def get_metadata(self, name: str | None = None, default: Any = _MISSING, *, exclude_required: bool = False) -> Any:
         """All metadata as a dict, or the entry ``name`` (``default`` if absent and given)."""

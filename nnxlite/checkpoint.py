@@ -28,8 +28,10 @@ File format
     cannot store natively (e.g. float8, int4) are stored as raw bytes with
     ``"encoding": "bytes"`` and viewed back on load.
   - ``"key"``: a typed PRNG key array, stored as ``jax.random.key_data`` with
-    its ``impl``; restored with ``jax.random.wrap_key_data``. (Legacy uint32
-    keys are plain arrays.)
+    its ``impl``; restored with ``jax.random.wrap_key_data``. (A raw uint32
+    key in a plain Variable is a plain array; such an array saved from an RNG
+    stream by an nnxlite older than typed-key streams restores into the
+    stream's typed key, wrapped with the target's impl.)
   - ``"int"``, ``"float"``, ``"bool"``, ``"complex"``, ``"str"``, ``"none"``:
     a plain Python value, kept in the manifest (no tensor), e.g. a step
     counter held as a Python int.
@@ -109,7 +111,7 @@ import numpy as np
 
 from nnxlite import _checksums, graph
 from nnxlite import _safetensors_format as fmt
-from nnxlite.state import State, StateStructure, _fmt_path, _new_state
+from nnxlite.state import State, StateStructure, _fmt_path, _new_state, boxed_state, raw_leaves
 from nnxlite.variables import Variable
 
 __all__ = ["save", "restore", "load", "CorruptCheckpointError"]
@@ -329,7 +331,7 @@ def save(path: str | os.PathLike, node: Any) -> None:
     entries: dict[str, dict] = {}
     owners: dict[str, Path] = {}
     stored: list[tuple[str, tuple]] = []
-    for i, (p, value) in enumerate(zip(s.paths, state._leaves)):
+    for i, (p, value) in enumerate(zip(s.paths, raw_leaves(state))):
         _path_components(p)
         key = _key(p)
         if key in owners:
@@ -788,7 +790,7 @@ def restore(
     as_state = _is_value_tree(target)
     if as_state:
         state = _as_state(target)
-        structure, leaves = state._structure, state._leaves
+        structure, leaves = state._structure, raw_leaves(state)
         check_types = structure.defs is not None
         flat = None
     else:
@@ -812,10 +814,10 @@ def restore(
     ])
     values = [(i, _to_target(v, leaves[i])) for i, v in values]
     if as_state:
-        new_leaves = list(leaves)
+        new_leaves = list(state._leaves)
         for i, v in values:
             new_leaves[i] = v
-        return _new_state(new_leaves, structure)
+        return boxed_state(new_leaves, structure)
     for i, v in values:
         flat.variables[i].raw_value = v
     return target
@@ -886,6 +888,7 @@ def _mismatch(entry: dict, leaf: Any) -> str | None:
         leaf = leaf.raw_value
     if _is_typed_key(leaf):  # the key dtype names its impl: key<fry>, key<rbg>...
         ok = kind == "key" and entry["dtype"] == str(leaf.dtype) and tuple(entry["shape"]) == tuple(leaf.shape)
+        ok = ok or _is_legacy_key(entry, leaf)
     elif _is_array_like(leaf):
         ok = (
             kind == "array"
@@ -895,6 +898,18 @@ def _mismatch(entry: dict, leaf: Any) -> str | None:
     else:  # a plain Python value: anything may replace it, as with nnx.update
         ok = True
     return None if ok else f"expected {_describe_value(leaf)}, found {_describe_entry(entry)}"
+
+
+def _is_legacy_key(entry: dict, leaf: Any) -> bool:
+    """A raw uint32 key array (saved before RNG streams held typed keys) restoring into a typed key.
+
+    It fits when its shape is the key's shape plus the impl's key-data shape
+    (``uint32[2]`` for a scalar ``key<fry>``); :func:`_to_target` wraps it.
+    """
+    if entry["kind"] != "array" or entry["dtype"] != "uint32":
+        return False
+    data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
+    return tuple(entry["shape"]) == tuple(data.shape)
 
 
 def _type_mismatch(entry: dict, vtype: type) -> str | None:
@@ -913,6 +928,10 @@ def _to_target(value: Any, leaf: Any) -> Any:
     leaves) become jax arrays, placed with the leaf's sharding when it
     has a meaningful one.
     """
+    if _is_typed_key(leaf) and not _is_typed_key(value):  # a legacy raw key (see _is_legacy_key)
+        # An abstract leaf (eval_shape) has no public impl accessor; its key dtype carries it.
+        impl = jax.random.key_impl(leaf) if isinstance(leaf, jax.Array) else leaf.dtype._impl
+        value = jax.random.wrap_key_data(jnp.asarray(value), impl=impl)
     if isinstance(value, np.ndarray):
         if isinstance(leaf, np.generic):
             return value[()]

@@ -42,7 +42,8 @@ import numpy as np
 from nnxlite import filters as filterlib
 from nnxlite import graph
 from nnxlite.rng import Context, RngStream
-from nnxlite.state import State, _fmt_path, _new_state
+from nnxlite.rng import _as_key as rng_as_key
+from nnxlite.state import State, _fmt_path, _new_state, boxed_state, raw_leaves
 from nnxlite.variables import Param, Variable
 
 __all__ = [
@@ -138,7 +139,7 @@ def param_from_init(
     >>> from nnxlite.functional import param_from_init
     >>> init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp"))
     >>> w = param_from_init(init, jax.random.PRNGKey(0), (4, 8), jnp.float32)
-    >>> type(w).__name__, w.shape, w.sharding
+    >>> type(w).__name__, w.shape, w.sharding_names
     ('Param', (4, 8), ('embed', 'mlp'))
 
     Args:
@@ -168,9 +169,8 @@ def _path_salt(path: Path) -> int:
 
 
 def _as_key(rng: Any) -> jax.Array:
-    if isinstance(rng, (int, np.integer)):
-        return jax.random.PRNGKey(rng)
-    return rng
+    # One rule for seeds everywhere: the typed key an RngStream would hold (a raw uint32 key is wrapped).
+    return rng_as_key(rng)
 
 
 class Transformed(NamedTuple):
@@ -231,7 +231,7 @@ def transform(model: Any) -> Transformed:
         raise RuntimeError("transform: the cloned model's structure differs from the original.")
     structure = snap_state._structure
     # jax arrays are immutable; numpy arrays are not, so copy those into the snapshot.
-    leaves = tuple(np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in snap_state._leaves)
+    leaves = tuple(np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in raw_leaves(snap_state))
     redraw = tuple(
         (i, recipe, _path_salt(path))
         for i, (path, recipe) in enumerate(zip(structure.paths, recipes))
@@ -245,7 +245,7 @@ def transform(model: Any) -> Transformed:
             key = _as_key(rng)
             for i, recipe, salt in redraw:
                 out[i] = recipe.draw(jax.random.fold_in(key, salt))
-        return _new_state(out, structure)
+        return boxed_state(out, structure)
 
     signature_cache: dict[Any, bool] = {}
 

@@ -39,7 +39,7 @@ import numpy as np
 from nnxlite import _data, _epoch
 from nnxlite import filters as filterlib
 from nnxlite.variables import _EMPTY_METADATA
-from nnxlite.state import State, StateStructure, _fmt_path, _key_error_text, _new_state, _key_order, path_sort_key
+from nnxlite.state import State, StateStructure, _fmt_path, _key_error_text, _new_state, _key_order, path_sort_key, raw_leaves
 from nnxlite.variables import Variable, _tracer_is_dead
 
 __all__ = [
@@ -64,7 +64,7 @@ PathParts = Path
 # How an attribute of a node is stored in a GraphDef.
 STATIC, VAR, NODE = 0, 1, 2
 # Kinds of node.
-OBJECT, LIST, DICT, TUPLE = 0, 1, 2, 3
+OBJECT, LIST, DICT, TUPLE, STATE = 0, 1, 2, 3, 4
 
 _NODE_BASES: tuple[type, ...] = ()
 # list/dict subclasses whose edits bump the epoch (nnx.List, nnx.Dict; registered by module.py).
@@ -76,7 +76,7 @@ _UNSUPPORTED = -1
 # traversal keeps, as a static item, so a merged copy has the same statuses.
 STATUS_KEY = "_nnx_status"
 _DATA_DEF = (_data.DataLeaf, ())
-_SLOT_TYPES = {0: _data._AttrSlot, 1: _data._ListSlot, 2: _data._DictSlot}  # by node kind
+_SLOT_TYPES = {0: _data._AttrSlot, 1: _data._ListSlot, 2: _data._DictSlot, 4: _data._StateSlot}  # by node kind
 
 
 def register_node_base(cls: type) -> type:
@@ -96,6 +96,11 @@ def register_tracked_container(cls: type) -> type:
 def _node_kind(value: Any) -> int | None:
     if isinstance(value, _NODE_BASES):
         return OBJECT
+    if type(value) is State:
+        # A State kept in a module (flax's ``self.ema = nnx.data(nnx.state(...))``):
+        # its Variables are the graph's, so sharing with the model and in-place
+        # updates under the transforms work as for any other node.
+        return STATE
     if isinstance(value, list):
         t = type(value)
         return LIST if t is list or issubclass(t, _TRACKED_CONTAINERS) else _UNSUPPORTED
@@ -116,7 +121,7 @@ def _has_graph_content(value: Any) -> bool:
     stack = [value]
     while stack:
         for v in stack.pop():
-            if isinstance(v, (Variable, list, dict)) or isinstance(v, _NODE_BASES):
+            if isinstance(v, (Variable, list, dict, State)) or isinstance(v, _NODE_BASES):
                 return True
             if isinstance(v, tuple):
                 stack.append(v)
@@ -128,6 +133,8 @@ def _items(obj: Any, kind: int) -> list[tuple[Any, Any]]:
         return [(k, v) for k, v in vars(obj).items() if not k.startswith("_nnx_") or k == STATUS_KEY]
     if kind == DICT:
         return list(obj.items())
+    if kind == STATE:
+        return obj._node_items()
     return list(enumerate(obj))
 
 
@@ -436,7 +443,7 @@ def _traverse(root: Any, epoch: int | None = None) -> _Flat:
                     refs[key] = (NODE, len(nodes))
                     keys.append(key)
                     child = open_node(value, child_kind, (idx, key))
-                    if child_kind != OBJECT and frame[6] is not None and frame[6].get(key):
+                    if child_kind == STATE or (child_kind != OBJECT and frame[6] is not None and frame[6].get(key)):
                         # A list/dict assigned with nnx.data(...) (or inside one): every item is
                         # data, as in flax 0.12, so nnx.data([1, 2]) has two leaves.
                         child[6] = _ALL_DATA
@@ -650,11 +657,20 @@ def _other_paths(gd: GraphDef, j: int) -> Iterator[Path]:
 
 
 def _states(flat: _Flat, filters: tuple, complete: bool) -> list[State]:
+    # The States hold the graph's live Variables, as flax's do; plain array
+    # attributes (DataLeaf boxes made by the walk) go in as their values.
     buckets, structures = _groups(flat, filters, complete)
     variables = flat.variables
+    gd = flat.graphdef
+    if gd._plan is None:
+        _plan(gd)
+    if gd._data_leaves:
+        variables = list(variables)
+        for j in gd._data_leaves:
+            variables[j] = variables[j].raw_value
     if len(buckets) == 1 and len(buckets[0]) == len(variables):
-        return [_new_state([v.raw_value for v in variables], structures[0])]
-    return [_new_state([variables[j].raw_value for j in b], s) for b, s in zip(buckets, structures)]
+        return [_new_state(list(variables), structures[0])]
+    return [_new_state([variables[j] for j in b], s) for b, s in zip(buckets, structures)]
 
 
 # ---------------------------------------------------------------------------------
@@ -748,10 +764,10 @@ def _gather_leaves(gd: GraphDef, states: tuple, what: str) -> list:
         s = states[0]
         st = s._structure
         if st is gd._structure or st.paths is gd.paths or st.paths == gd.paths:
-            return s._leaves
+            return raw_leaves(s)
     lookup: dict[Path, Any] = {}
     for s in states:
-        lookup.update(zip(s._structure.paths, s._leaves))
+        lookup.update(zip(s._structure.paths, raw_leaves(s)))
     try:
         leaves = [lookup[p] for p in gd.paths]
     except KeyError:
@@ -852,7 +868,7 @@ def leaf_names(gd: GraphDef) -> list[str]:
         for key in path:
             if kind == OBJECT:
                 parts.append(f".{key}" if isinstance(key, str) else f"[{key!r}]")
-            elif kind == DICT:
+            elif kind == DICT or kind == STATE:
                 parts.append(f"[{key!r}]")
             else:
                 parts.append(f"[{key}]")
@@ -902,9 +918,16 @@ def _build_acyclic(node_specs: list, variables: list) -> list:
             obj = dict.__new__(node_type)
             dict.update(obj, d)
         else:
-            obj = tuple(d.values()) if node_type is tuple else node_type(*d.values())
+            obj = _immutable(node_type, kind, d)
         objs[i] = obj
     return objs  # every node, in the GraphDef's order; the root is objs[0]
+
+
+def _immutable(node_type: type, kind: int, d: dict) -> Any:
+    """A tuple, namedtuple or State node, built once its items exist."""
+    if kind == STATE:
+        return State(d)
+    return tuple(d.values()) if node_type is tuple else node_type(*d.values())
 
 
 def _build_cyclic(node_specs: list, variables: list) -> list:
@@ -921,7 +944,7 @@ def _build_cyclic(node_specs: list, variables: list) -> list:
     # may sit at any index). A cycle must pass through a mutable node, which
     # already exists, so this ends. Explicit stack: nesting depth is unbounded.
     for start, spec in enumerate(node_specs):
-        if spec[1] != TUPLE or objs[start] is not None:
+        if (spec[1] != TUPLE and spec[1] != STATE) or objs[start] is not None:
             continue
         stack = [start]
         while stack:
@@ -933,10 +956,9 @@ def _build_cyclic(node_specs: list, variables: list) -> list:
                 continue
             stack.pop()
             if objs[i] is None:
-                values = _filled(template, var_slots, node_slots, variables, objs).values()
-                objs[i] = tuple(values) if node_type is tuple else node_type(*values)
+                objs[i] = _immutable(node_type, node_specs[i][1], _filled(template, var_slots, node_slots, variables, objs))
     for obj, (node_type, kind, template, var_slots, node_slots) in zip(objs, node_specs):
-        if kind == TUPLE:
+        if kind == TUPLE or kind == STATE:
             continue
         d = _filled(template, var_slots, node_slots, variables, objs)
         if kind == OBJECT:
@@ -979,7 +1001,7 @@ def update(node: Any, *states: State | Mapping) -> None:
             indices = [aliases.get(p, -1) for p in paths]
             if -1 in indices:  # maybe a path through a shared sub-module: walk the live graph
                 indices = [j if j >= 0 else _resolve(flat, node, p) for j, p in zip(indices, paths)]
-        for j, path, value in zip(indices, paths, s._leaves):
+        for j, path, value in zip(indices, paths, raw_leaves(s)):
             if j < 0:
                 unknown.append(path)
                 continue

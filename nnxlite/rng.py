@@ -9,10 +9,16 @@ ever handed out twice, and the stream state travels inside State through
     >>> import nnxlite as nnx
     >>> ctx = nnx.context(0, dropout=1)
     >>> k1, k2 = ctx.make_rng("params"), ctx.dropout()
-    >>> k1.shape
-    (2,)
+    >>> k1.shape, k1.dtype
+    ((), key<fry>)
     >>> int(ctx.default.count.value), int(ctx.dropout.count.value)
     (1, 1)
+
+Keys are typed JAX keys (``jax.random.key``, dtype ``key<fry>``, scalar
+shape), as in flax.nnx 0.12. A seed may be an int, a typed key, or a raw
+``uint32`` key (``jax.random.PRNGKey(0)``, or a batch from
+``jax.random.split``), which is wrapped with ``jax.random.wrap_key_data``
+(same bits, same draws). ``jax.random.key_data(key)`` gives the raw bits back.
 
 Asking for a stream that does not exist falls back to the ``default`` stream
 (the positional seed), so ``nnx.context(0)`` serves every name.
@@ -43,9 +49,40 @@ _draw_lock = threading.Lock()
 
 
 def _as_key(seed: Any) -> jax.Array:
-    if isinstance(seed, (int,)) or (hasattr(seed, "shape") and seed.shape == () and not _is_typed_key(seed)):
-        return jax.random.PRNGKey(seed)
-    return seed
+    """A typed key (``jax.random.key``, dtype ``key<fry>``) from any seed a user may pass, as flax.nnx 0.12 does.
+
+    * a typed key (or a batch of them) is used as it is;
+    * an int, or an integer scalar array (a traced seed too), is a seed:
+      ``jax.random.key(seed)``;
+    * a raw ``uint32`` key (``jax.random.PRNGKey(0)``, or a batch of them from
+      ``jax.random.split``) is wrapped with ``jax.random.wrap_key_data``: the
+      same key bits, so draws give the same numbers as the raw key would.
+    """
+    if _is_typed_key(seed):
+        return seed
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return jax.random.key(seed)
+    dtype = getattr(seed, "dtype", None)
+    shape = getattr(seed, "shape", None)
+    if dtype is not None and shape == () and jnp.issubdtype(dtype, jnp.integer):
+        return jax.random.key(seed)
+    if dtype is not None and shape is not None and np.dtype(dtype) == np.uint32 and len(shape) >= 1:
+        try:
+            return jax.random.wrap_key_data(seed)
+        except (TypeError, ValueError):
+            pass  # key data of the wrong shape for the default impl: reported below
+    raise ValueError(
+        f"Invalid RNG seed {_describe(seed)}: expected an int seed, a typed key (jax.random.key(0), "
+        "or a batch of them) or a raw uint32 key of shape (..., 2) (jax.random.PRNGKey(0)). "
+        "For key data of another PRNG impl, wrap it first: jax.random.wrap_key_data(data, impl=...)."
+    )
+
+
+def _describe(x: Any) -> str:
+    dtype, shape = getattr(x, "dtype", None), getattr(x, "shape", None)
+    if dtype is not None and shape is not None:
+        return f"(an array of dtype {dtype} and shape {tuple(shape)})"
+    return f"{x!r} (of type {type(x).__name__})"
 
 
 def _is_typed_key(x: Any) -> bool:
@@ -70,7 +107,7 @@ class RngStream(RandomMethods, Module):
             key = key.key.raw_value
         key = _as_key(key)
         if count is None:  # one counter per key (a split stream has a batch of keys)
-            count = jnp.zeros(jnp.shape(key)[:-1] if not _is_typed_key(key) else jnp.shape(key), jnp.uint32)
+            count = jnp.zeros(jnp.shape(key), jnp.uint32)
         meta = {} if tag is None else {"tag": tag}
         self.key = RngKey(key, **meta)
         self.count = RngCount(jnp.asarray(count, dtype=jnp.uint32), **meta)
@@ -120,7 +157,7 @@ class RngStream(RandomMethods, Module):
         >>> import nnxlite as nnx
         >>> s = nnx.Rngs(0).params
         >>> s.fork(3).shape, type(s.fork()).__name__, s.fork(split=4).key.shape
-        ((3, 2), 'RngStream', (4, 2))
+        ((3,), 'RngStream', (4,))
         """
         if n is not None:
             return jax.random.split(self(), n)
@@ -154,7 +191,7 @@ class Context(RandomMethods, Module):
     >>> import nnxlite as nnx
     >>> rngs = nnx.Rngs(0, dropout=1)
     >>> rngs().shape, rngs["dropout"]().shape, rngs.normal((2,)).shape
-    ((2,), (2,), (2,))
+    ((), (), (2,))
     >>> sorted(rngs), len(rngs)
     (['default', 'dropout'], 2)
     """
@@ -186,9 +223,11 @@ class Context(RandomMethods, Module):
         s = d.get(DEFAULT)
         if isinstance(s, RngStream):
             return s
+        # The first sentence is flax.nnx's own, so code matching on it keeps working.
         raise KeyError(
-            f"This Context has no {name!r} stream and no default stream; it has {self.stream_names()}. "
-            f"Create it with e.g. nnx.context({name}=0), or give a default seed: nnx.context(0)."
+            f"No RngStream named {name!r} found in Rngs. This Rngs has no default stream to fall back "
+            f"on; its streams are {self.stream_names()}. Create the stream with e.g. "
+            f"nnx.Rngs({name}=0) (nnx.context({name}=0)), or give a default seed: nnx.Rngs(0)."
         )
 
     def make_rng(self, name: str = DEFAULT) -> jax.Array:
@@ -227,7 +266,7 @@ class Context(RandomMethods, Module):
         try:
             return self.stream(name)
         except KeyError as e:
-            raise AttributeError(str(e)) from None
+            raise AttributeError(e.args[0]) from None
 
     def _per_stream(self, spec: Any, op: str) -> "Context":
         """A new Context applying ``stream.<op>(size)`` to each stream selected by ``spec``.
@@ -265,7 +304,7 @@ class Context(RandomMethods, Module):
             >>> many = jax.random.split(keys["params"], 4)
             >>> ctx = ctxdef.merge({"params": many[0]})
             >>> ctx.params().shape
-            (2,)
+            ()
         """
         return Keys({name: self.make_rng(name) for name in self.stream_names()}), ContextDef()
 
@@ -279,10 +318,10 @@ class Context(RandomMethods, Module):
         >>> import nnxlite as nnx
         >>> ctx = nnx.context(0)
         >>> ctx.fork(4)["default"].shape
-        (4, 2)
+        (4,)
         >>> forked = ctx.fork()
         >>> type(forked).__name__, forked.default.key.shape
-        ('Context', (2,))
+        ('Context', ())
         """
         if n is not None:
             return {name: self.stream(name).fork(n) for name in self.stream_names()}

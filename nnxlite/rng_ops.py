@@ -12,16 +12,17 @@ They exist so that flax.nnx programs run unchanged:
 * :func:`with_rngs` returns a copy whose streams are split/forked/broadcast.
 
 ``split_rngs`` and ``fork_rngs`` also work as decorators (the streams found
-in the arguments are changed for the duration of the call) and their result
-is a context manager that restores on exit::
+in the arguments are changed for the duration of the call; in flax's tree
+mode, ``graph=False`` or ``graph_updates=False``, the call gets changed copies)
+and their in-place result is a context manager that restores on exit::
 
     >>> import nnxlite as nnx
     >>> rngs = nnx.Rngs(params=0, dropout=1)
     >>> with nnx.split_rngs(rngs, splits=5):
     ...     rngs.params.key.shape, rngs.params.count.shape
-    ((5, 2), (5,))
+    ((5,), (5,))
     >>> rngs.params.key.shape
-    (2,)
+    ()
 """
 
 from __future__ import annotations
@@ -79,25 +80,22 @@ def _backup(stream: RngStream) -> tuple:
     return (stream, stream.key.raw_value, stream.count.raw_value)
 
 
-def _count_shape(key: jax.Array) -> tuple[int, ...]:
-    return tuple(key.shape[:-1]) if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else tuple(key.shape)
-
-
 def _set(stream: RngStream, key: jax.Array) -> None:
-    stream.key.value = key
-    stream.count.value = jnp.zeros(_count_shape(key), jnp.uint32)
+    stream.key.value = key  # always a typed key: one counter per key
+    stream.count.value = jnp.zeros(key.shape, jnp.uint32)
 
 
-def _decorate(apply: Callable[[Any], SplitBackups]) -> Callable:
-    def decorator(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with apply((args, kwargs)):
-                return fn(*args, **kwargs)
+def _in_place(graph: bool | None, graph_updates: bool | None) -> bool:
+    """flax's rule: streams are changed in place (returning backups) only with graph=True and graph_updates=True.
 
-        return wrapper
+    Otherwise (flax's tree mode, or no graph updates) a copy is changed and
+    returned. ``None`` reads ``nnx.set_graph_mode`` / ``nnx.set_graph_updates``.
+    """
+    from nnxlite.transforms.modes import set_graph_mode, set_graph_updates  # here: rng_ops loads first
 
-    return decorator
+    graph = set_graph_mode.current_value() if graph is None else graph
+    graph_updates = set_graph_updates.current_value() if graph_updates is None else graph_updates
+    return bool(graph and graph_updates)
 
 
 def split_rngs(
@@ -113,16 +111,18 @@ def split_rngs(
     """Split each selected stream of ``node`` into ``splits`` keys, in place; returns :class:`SplitBackups`.
 
     Without ``node`` it is a decorator. ``squeeze=True`` (only with
-    ``splits=1``) keeps the key's shape. With ``graph_updates=False`` the
-    streams of a copy are split and the copy is returned. ``graph=`` is
-    accepted for flax compatibility (nnxlite always walks the graph).
+    ``splits=1``) keeps the key's shape. With ``graph=False`` or
+    ``graph_updates=False`` (flax's tree mode; ``None`` reads
+    ``nnx.set_graph_mode`` / ``nnx.set_graph_updates``) the streams of a copy
+    are split and the copy is returned, as in flax; the copy keeps shared
+    references.
 
     >>> import nnxlite as nnx
     >>> @nnx.split_rngs(splits=3)
     ... def shapes(rngs):
     ...     return rngs.params.key.shape
     >>> shapes(nnx.Rngs(params=0))
-    (3, 2)
+    (3,)
     """
     if squeeze and splits != 1:
         raise ValueError(f"split_rngs: squeeze=True needs splits=1, got splits={splits}.")
@@ -136,18 +136,33 @@ def split_rngs(
             _set(stream, key[0] if squeeze else key)
         return backups
 
-    return _run(apply, node, graph_updates)
+    return _run(apply, node, graph, graph_updates)
 
 
-def _run(apply: Callable[[Any], SplitBackups], node: Any, graph_updates: bool | None) -> Any:
-    """Shared tail of split_rngs/fork_rngs: a decorator without ``node``; flax's tree mode edits a copy."""
-    if node is _MISSING:
-        return _decorate(apply)
-    if graph_updates is False:
-        copy = _copy(node)
+def _run(apply: Callable[[Any], SplitBackups], node: Any, graph: bool | None, graph_updates: bool | None) -> Any:
+    """Shared tail of split_rngs/fork_rngs: a decorator without ``node``; outside graph-updates mode, edit a copy."""
+    in_place = _in_place(graph, graph_updates)
+
+    def on_copy(target: Any) -> Any:
+        copy = _copy(target)
         apply(copy)
         return copy
-    return apply(node)
+
+    if node is not _MISSING:
+        return apply(node) if in_place else on_copy(node)
+
+    def decorator(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if in_place:  # changed for the duration of the call
+                with apply((args, kwargs)):
+                    return fn(*args, **kwargs)
+            args, kwargs = on_copy((args, kwargs))
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
 
 
 def fork_rngs(
@@ -160,13 +175,15 @@ def fork_rngs(
 ) -> Any:
     """Give each stream of ``node`` a fresh, independent key (``split=n``: ``n`` keys), in place.
 
-    Returns :class:`SplitBackups`; without ``node`` it is a decorator.
+    Returns :class:`SplitBackups`; without ``node`` it is a decorator. With
+    ``graph=False`` or ``graph_updates=False`` a copy is forked and returned,
+    as for :func:`split_rngs`.
 
     >>> import nnxlite as nnx
     >>> rngs = nnx.Rngs(0)
     >>> with nnx.fork_rngs(rngs, split=2):
     ...     rngs.default.key.shape
-    (2, 2)
+    (2,)
     """
     spec = {...: None} if split is None else (split if isinstance(split, Mapping) else {...: split})
     rules = [(filterlib.to_predicate(f), n) for f, n in spec.items()]
@@ -182,7 +199,7 @@ def fork_rngs(
                     break
         return backups
 
-    return _run(apply, node, graph_updates)
+    return _run(apply, node, graph, graph_updates)
 
 
 def backup_keys(node: Any, /, *, graph: bool | None = None) -> SplitBackups:
@@ -222,7 +239,7 @@ def reseed(node: Any, /, *, graph: bool | None = None, policy: Any = "scalars_on
             return key
     elif policy == "match_shape":
         def policy(path, key, shape):
-            return key if shape == key.shape else jax.random.split(key, shape[: len(shape) - key.ndim])
+            return key if shape == key.shape else jax.random.split(key, shape)
     elif not callable(policy):
         raise ValueError(f"reseed: policy must be 'scalars_only', 'match_shape' or a callable, got {policy!r}.")
     fresh = Context(**stream_keys)
@@ -251,33 +268,33 @@ def with_rngs(
     >>> import nnxlite as nnx
     >>> out = nnx.with_rngs(nnx.Rngs(params=0, dropout=1), split={"params": 4}, fork=...)
     >>> out.params.key.shape, out.dropout.key.shape
-    ((4, 2), (2,))
+    ((4,), ())
     """
     as_map = lambda spec: {} if spec is None else (spec if isinstance(spec, Mapping) else {...: spec})  # noqa: E731
-    splits = [(filterlib.to_predicate(f), n) for f, n in as_map(split).items()]
-    broadcasts = [(filterlib.to_predicate(f), n) for f, n in as_map(broadcast).items()]
-    if fork is None:
-        forks = []
-    elif isinstance(fork, (list, tuple)):
-        forks = [filterlib.to_predicate(f) for f in fork]
-    else:
-        forks = [filterlib.to_predicate(fork)]
+    rules = {  # rule kind -> [(filter as given, predicate, size)], in flax's order of precedence
+        "split": [(f, filterlib.to_predicate(f), n) for f, n in as_map(split).items()],
+        "broadcast": [(f, filterlib.to_predicate(f), n) for f, n in as_map(broadcast).items()],
+        "fork": [(f, filterlib.to_predicate(f), None) for f in _filters(fork)],
+    }
 
     def apply(target: Any) -> Any:
         copy = _copy(target)
         for path, stream in _streams(copy, only):
             hit = lambda pred: pred(path + ("key",), stream.key) or pred(path, stream)  # noqa: E731
-            n = next((n for pred, n in splits if hit(pred)), None)
-            if n is not None:
-                _set(stream, jax.random.split(stream(), n))
-                continue
-            n = next((n for pred, n in broadcasts if hit(pred)), None)
-            if n is not None:
+            matched = {}
+            for kind, kind_rules in rules.items():
+                first = next(((f, n) for f, pred, n in kind_rules if hit(pred)), None)
+                if first is not None and (kind == "fork" or first[1] is not None):
+                    matched[kind] = first
+            _check_one_specific_rule(path, matched)
+            if "split" in matched:
+                _set(stream, jax.random.split(stream(), matched["split"][1]))
+            elif "broadcast" in matched:
+                n = matched["broadcast"][1]
                 key = stream()
                 shape = (n,) if isinstance(n, int) else tuple(n)
                 _set(stream, jnp.broadcast_to(key, shape + key.shape))
-                continue
-            if any(hit(pred) for pred in forks):
+            elif "fork" in matched:
                 _set(stream, stream())
         return copy
 
@@ -292,6 +309,28 @@ def with_rngs(
 
         return decorator
     return apply(node)
+
+
+def _filters(spec: Any) -> list:
+    """``fork=`` of :func:`with_rngs`: None, one filter, or a list/tuple of filters."""
+    if spec is None:
+        return []
+    return list(spec) if isinstance(spec, (list, tuple)) else [spec]
+
+
+def _check_one_specific_rule(path: tuple, matched: dict) -> None:
+    """Refuse a stream that two *specific* rules of :func:`with_rngs` select (as flax.nnx does).
+
+    A catch-all (``...`` or ``True``) only fills in for streams no specific
+    rule names, so it never conflicts.
+    """
+    specific = {kind: f for kind, (f, _) in matched.items() if f is not ... and f is not True}
+    if len(specific) > 1:
+        rules = "; ".join(f"{kind} matches filter {f!r}" for kind, f in specific.items())
+        raise ValueError(
+            f"with_rngs: the RngStream at path {path} matches multiple rules ({rules}). "
+            "A stream can be split, broadcast or forked, not several at once: name it in only one rule."
+        )
 
 
 def _copy(node: Any) -> Any:

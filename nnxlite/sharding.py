@@ -8,9 +8,9 @@ wrap a layer's initializer with :func:`with_partitioning`::
     >>> import jax, nnxlite as nnx
     >>> layer = nnx.Linear(4, 8, ctx=nnx.context(0),
     ...     kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp")))
-    >>> layer.kernel.sharding
+    >>> layer.kernel.sharding_names     # .sharding is the array's layout, as in flax
     ('embed', 'mlp')
-    >>> nnx.get_partition_spec(layer)["kernel"]
+    >>> nnx.get_partition_spec(layer)["kernel"].value    # a State of Variables, as in flax
     P('embed', 'mlp')
 
 Logical names are mapped to mesh axes by *rules* (``[('embed', None),
@@ -34,7 +34,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nnxlite import graph
-from nnxlite.state import State, _fmt_path, _new_state
+from nnxlite.state import State, _fmt_path, _new_state, boxed_state, raw_leaves
 from nnxlite.variables import Variable
 
 __all__ = [
@@ -116,9 +116,9 @@ def with_partitioning(
     >>> import jax, jax.numpy as jnp, nnxlite as nnx
     >>> init = nnx.with_partitioning(nnx.initializers.zeros, (None, "mlp"))
     >>> p = nnx.Param(init(jax.random.PRNGKey(0), (2, 3), jnp.float32))
-    >>> p.sharding, p.shape
+    >>> p.sharding_names, p.shape
     ((None, 'mlp'), (2, 3))
-    >>> nnx.Param(nnx.with_partitioning(lambda: jnp.ones(4), sharding=("data",))()).sharding
+    >>> nnx.Param(nnx.with_partitioning(lambda: jnp.ones(4), sharding=("data",))()).sharding_names
     ('data',)
 
     Args:
@@ -291,14 +291,14 @@ def get_partition_spec(state_or_module: Any, *, rules: Rules | None = None) -> S
     ...         self.w = nnx.Param(jnp.ones((4, 2)), sharding=("embed", "mlp"))
     ...         self.n = nnx.BatchStat(jnp.zeros(()))
     >>> specs = nnx.get_partition_spec(M(), rules=[("embed", "data"), ("mlp", None)])
-    >>> specs["w"], specs["n"]
+    >>> specs["w"].value, specs["n"].value
     (P('data', None), P())
     """
     st = _as_state(state_or_module)
     s = st._structure
     pairs = _active_rules(rules)
     specs = []
-    for i, (path, leaf) in enumerate(zip(s.paths, st._leaves)):
+    for i, (path, leaf) in enumerate(zip(s.paths, raw_leaves(st))):
         meta = dict(s.def_at(i)[1])
         axes = meta.get("sharding")
         if axes is None:  # flax's spellings of the same metadata
@@ -315,7 +315,7 @@ def get_partition_spec(state_or_module: Any, *, rules: Rules | None = None) -> S
                 f".set_metadata(sharding=...) (one name or None per dimension)."
             )
         specs.append(_mesh_spec(axes, pairs, path))
-    return _new_state(specs, s)
+    return boxed_state(specs, s)
 
 
 def _ndim(leaf: Any) -> int | None:
@@ -344,7 +344,7 @@ def get_named_sharding(state_or_module: Any, mesh: Mesh, *, rules: Rules | None 
     specs = get_partition_spec(state_or_module, rules=rules)
     names = set(mesh.axis_names)
     problems = []
-    for path, spec in zip(specs.paths(), specs._leaves):
+    for path, spec in zip(specs.paths(), raw_leaves(specs)):
         unknown = [a for dim in spec for a in _mesh_names(dim) if a not in names]
         if unknown:
             problems.append(f"  {_fmt_path(path)}: {spec} uses {unknown}")

@@ -14,9 +14,22 @@ restores it as nested names), at about a nested dict's flattening cost::
     >>> state = nnx.state(model)
     >>> state["kernel"].shape
     (2, 3)
-    >>> state["bias"] = jnp.ones(3)          # nested assignment
+    >>> state["kernel"] is model.kernel       # the model's own Variable, as in flax
+    True
+    >>> state["bias"] = jnp.ones(3)          # nested assignment (a new Param box)
     >>> jax.tree.map(jnp.shape, state).to_pure_dict()
     {'bias': (3,), 'kernel': (2, 3)}
+
+**Leaves are Variables, as in flax.nnx 0.12.** ``nnx.split``/``nnx.state``
+put the model's live Variables into the State, so ``state['kernel'].value``
+reads it, ``state['kernel'][...] = x`` writes into the model, and
+``jax.tree.map(f, state, is_leaf=lambda x: isinstance(x, nnx.Variable))``
+hands ``f`` the Variables. To JAX each Variable is one more node, keyed
+``.value`` (``['kernel'].value``, flax's key paths, so orbax saves the same
+nested names). States built from plain values (``State({'w': x})``) hold
+those values; :meth:`State.flat`, :meth:`State.leaves` and
+:meth:`State.to_pure_dict` always give plain values, and ``merge``/``update``
+read values from either kind of leaf.
 
 Paths are kept in a canonical sorted order (integers before strings, each
 level sorted), which is exactly the order the graph traversal visits them, so
@@ -30,11 +43,12 @@ from typing import Any
 
 import jax
 
+from nnxlite import _epoch
 from nnxlite import filters as filterlib
 from nnxlite._state_flax import FlaxStateMethods
 from nnxlite.variables import Variable, _make
 
-__all__ = ["State", "StateStructure", "path_sort_key"]
+__all__ = ["State", "StateStructure", "path_sort_key", "raw_leaves", "boxed_state"]
 
 Path = tuple[Any, ...]
 VarDef = tuple  # (variable type, frozen metadata items)
@@ -47,6 +61,19 @@ def _key_order(key: Any) -> tuple:
     if isinstance(key, str):
         return (1, 0, key)
     return (2, 0, repr(key))
+
+
+def _raw(x: Any) -> Any:
+    return x.raw_value if isinstance(x, Variable) else x
+
+
+def raw_leaves(state: "State") -> list:
+    """The State's leaves as plain values (Variables unboxed), in canonical order."""
+    leaves = state._leaves
+    try:  # the common case, a State from split: every leaf is a Variable
+        return [v.raw_value for v in leaves]
+    except AttributeError:
+        return [v.raw_value if isinstance(v, Variable) else v for v in leaves]
 
 
 def path_sort_key(path: Path) -> tuple:
@@ -62,7 +89,7 @@ class StateStructure:
     which is the common case (states from one split share it).
     """
 
-    __slots__ = ("paths", "defs", "_hash", "_index", "_nest")
+    __slots__ = ("paths", "defs", "_hash", "_index", "_nest", "_aux")
 
     def __init__(self, paths: tuple[Path, ...], defs: tuple[VarDef, ...] | None):
         self.paths = paths
@@ -70,6 +97,7 @@ class StateStructure:
         self._hash: int | None = None
         self._index: dict[Path, int] | None = None
         self._nest: Any = None  # the nested pytree layout, built on first flatten (_nest_plan)
+        self._aux: _PytreeAux | None = None
 
     @property
     def index(self) -> dict[Path, int]:
@@ -112,36 +140,47 @@ class State(FlaxStateMethods, Mapping):
             return
         flat = _flatten_mapping(mapping or {})
         paths = sorted(flat, key=path_sort_key)
-        _init(self, [flat[p] for p in paths], StateStructure(tuple(paths), None))
+        leaves = [flat[p] for p in paths]
+        _init(self, leaves, StateStructure(tuple(paths), _defs_of(leaves)))
 
     # -- construction helpers ---------------------------------------------
     @classmethod
     def from_flat(cls, items: Mapping[Path, Any] | list[tuple[Path, Any]], defs=None) -> "State":
-        """Build a State from ``{path: value}``; ``defs`` optionally maps path -> (type, metadata)."""
+        """Build a State from ``{path: value}``; ``defs`` optionally maps path -> (type, metadata).
+
+        With ``defs``, plain values are boxed in their Variable type (flax's
+        State of Variables); Variables among the values are kept as they are.
+        """
         items = dict(items)
         paths = tuple(sorted(items, key=path_sort_key))
-        vardefs = None if defs is None else tuple(defs.get(p, _PLAIN_DEF) for p in paths)
-        return _new_state([items[p] for p in paths], StateStructure(paths, vardefs))
+        leaves = [items[p] for p in paths]
+        if defs is None:
+            return _new_state(leaves, StateStructure(paths, _defs_of(leaves)))
+        vardefs = tuple(defs.get(p, _PLAIN_DEF) for p in paths)
+        return boxed_state(leaves, StateStructure(paths, vardefs))
 
     # -- flat view ------------------------------------------------------------
     def flat(self) -> dict[Path, Any]:
-        """A new ``{path: value}`` dict of every leaf."""
-        return dict(zip(self._structure.paths, self._leaves))
+        """A new ``{path: value}`` dict of every leaf's plain value."""
+        return dict(zip(self._structure.paths, raw_leaves(self)))
 
     def paths(self) -> tuple[Path, ...]:
         """Every leaf's path, in canonical order."""
         return self._structure.paths
 
     def leaves(self) -> list[Any]:
-        """Every leaf value, in canonical order."""
-        return list(self._leaves)
+        """Every leaf's plain value, in canonical order."""
+        return raw_leaves(self)
 
     def variables(self) -> Iterator[tuple[Path, Variable]]:
-        """Yield ``(path, Variable)`` pairs: each leaf boxed in its Variable type and metadata."""
+        """Yield ``(path, Variable)`` pairs: the State's Variables (plain values boxed in their type)."""
         s = self._structure
         for i, (p, v) in enumerate(zip(s.paths, self._leaves)):
-            t, meta = s.def_at(i)
-            yield p, _make(t, v, dict(meta))
+            if isinstance(v, Variable):
+                yield p, v
+            else:
+                t, meta = s.def_at(i)
+                yield p, _make(t, v, dict(meta))
 
     # -- nested mapping view ---------------------------------------------------
     def _top_keys(self) -> list[Any]:
@@ -188,6 +227,13 @@ class State(FlaxStateMethods, Mapping):
         child._parent = (self, key)
         return child
 
+    def _node_items(self) -> list[tuple[Any, Any]]:
+        """``(key, leaf or sub-State)`` for each top-level key: a State as a graph node's items."""
+        index = self._structure.index
+        return [
+            (k, self._leaves[index[(k,)]]) if (k,) in index else (k, self[k]) for k in self._top_keys()
+        ]
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
@@ -208,6 +254,12 @@ class State(FlaxStateMethods, Mapping):
         s = self._structure
         i = s.index.get(path)
         if i is not None:
+            old = self._leaves[i]
+            if isinstance(value, Variable):
+                if s.defs is not None and s.defs[i] != _def_of(value):
+                    self._retype(i, _def_of(value))
+            elif isinstance(old, Variable):  # keep the slot a Variable of its type (a new box)
+                value = _make(type(old), value, old._metadata)
             self._leaves[i] = value
         else:
             items = dict(zip(s.paths, self._leaves))
@@ -218,12 +270,19 @@ class State(FlaxStateMethods, Mapping):
         if self._parent is not None:
             parent, key = self._parent
             parent._set_path((key,) + path, value)
+        _epoch.bump()  # after the edit (see _epoch): a State kept in a module is a graph node
+
+    def _retype(self, i: int, vardef: VarDef) -> None:
+        s = self._structure
+        defs = list(s.defs)
+        defs[i] = vardef
+        object.__setattr__(self, "_structure", StateStructure(s.paths, tuple(defs)))
 
     # -- conversions --------------------------------------------------------------
     def to_pure_dict(self) -> dict:
         """Nested plain dicts of the values (no Variable types or metadata)."""
         out: dict = {}
-        for p, v in zip(self._structure.paths, self._leaves):
+        for p, v in zip(self._structure.paths, raw_leaves(self)):
             d = out
             for k in p[:-1]:
                 d = d.setdefault(k, {})
@@ -242,7 +301,11 @@ class State(FlaxStateMethods, Mapping):
         extra = [p for p in flat if p not in have]
         if missing or extra:
             raise ValueError(_key_error_text("replace_by_pure_dict", missing, extra))
-        self._leaves[:] = [flat[p] for p in self._structure.paths]
+        self._leaves[:] = [
+            _make(type(old), _raw(flat[p]), old._metadata) if isinstance(old, Variable) else flat[p]
+            for p, old in zip(self._structure.paths, self._leaves)
+        ]
+        _epoch.bump()
 
     # -- filtering -------------------------------------------------------------------
     def filter(self, *filters: filterlib.Filter) -> "State | tuple[State, ...]":
@@ -312,6 +375,7 @@ class State(FlaxStateMethods, Mapping):
 
 
 def _short(v: Any) -> str:
+    v = _raw(v)
     shape = getattr(v, "shape", None)
     dtype = getattr(v, "dtype", None)
     if shape is not None and dtype is not None and len(shape) > 0:
@@ -322,14 +386,16 @@ def _short(v: Any) -> str:
 class AbstractLeaf(jax.ShapeDtypeStruct):
     """An abstract leaf read from a State: a ``jax.ShapeDtypeStruct`` that can be edited as flax does.
 
-    ``state['kernel']`` of an abstract State (from ``nnx.eval_shape``) gives
-    one of these. It *is* the shape/dtype struct (same shape, dtype and
+    A State from ``nnx.split``/``nnx.eval_shape`` holds Variables, whose
+    ``.value`` is the abstract value. A State built from plain abstract values
+    (``nnx.State({'w': jax.ShapeDtypeStruct(...)})``) gives one of these for
+    ``state['w']``: it *is* the shape/dtype struct (same shape, dtype and
     sharding), and additionally ``.value`` reads it and assigning
     ``.value = array`` writes the array into the State (flax's surgery
     idiom). Concrete leaves are returned as they are.
 
     >>> import jax, jax.numpy as jnp, nnxlite as nnx
-    >>> _, state = nnx.split(nnx.eval_shape(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(0))))
+    >>> state = nnx.State({"kernel": jax.ShapeDtypeStruct((2, 3), jnp.float32)})
     >>> state["kernel"].shape, isinstance(state["kernel"], jax.ShapeDtypeStruct)
     ((2, 3), True)
     >>> state["kernel"].value = jnp.ones((2, 3))
@@ -364,6 +430,33 @@ class AbstractLeaf(jax.ShapeDtypeStruct):
         self.value = new
 
 
+def _def_of(v: Variable) -> VarDef:
+    return (type(v), tuple(sorted(v._metadata.items())) if v._metadata else ())
+
+
+def _defs_of(leaves: list) -> tuple[VarDef, ...] | None:
+    """The (type, metadata) of each leaf when some leaf is a Variable; ``None`` for all-plain leaves."""
+    if not any(isinstance(v, Variable) for v in leaves):
+        return None
+    return tuple(_def_of(v) if isinstance(v, Variable) else _PLAIN_DEF for v in leaves)
+
+
+def boxed_state(leaves: list, structure: StateStructure) -> "State":
+    """A State of Variables: each plain value is boxed in its leaf's type and metadata.
+
+    Plain array attributes (``DataLeaf``) stay plain values, as in flax.
+    """
+    defs = structure.defs
+    if defs is not None:
+        leaves = [
+            v
+            if isinstance(v, Variable) or (t is Variable and not meta) or t.__name__ == "DataLeaf"
+            else _make(t, v, dict(meta) if meta else {})
+            for v, (t, meta) in zip(leaves, defs)
+        ]
+    return _new_state(leaves, structure)
+
+
 def _leaf(state: "State", path: Path, value: Any) -> Any:
     return AbstractLeaf(state, path, value) if type(value) is jax.ShapeDtypeStruct else value
 
@@ -396,8 +489,6 @@ def _flatten_mapping(mapping: Mapping, prefix: Path = ()) -> dict[Path, Any]:
             if not v:
                 continue
             out.update(_flatten_mapping(v, prefix + (k,)))
-        elif isinstance(v, Variable):
-            out[prefix + (k,)] = v.raw_value
         else:
             out[prefix + (k,)] = v
     return out
@@ -458,29 +549,64 @@ def _make_nest_plan(paths: tuple[Path, ...]):
     return tuple(jax.tree_util.DictKey(k) for k in top), treedef, perm
 
 
+class _PytreeAux:
+    """A State's pytree aux data: equal for equal paths, as a flax State's keys are.
+
+    Variable leaves carry their own type and metadata to JAX, so two States of
+    different Variable types but the same paths (params and their momentum)
+    ``jax.tree.map`` together as flax's do.
+    """
+
+    __slots__ = ("structure", "_hash")
+
+    def __init__(self, structure: StateStructure):
+        self.structure = structure
+        self._hash = hash(structure.paths)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return self is other or (
+            isinstance(other, _PytreeAux) and self._hash == other._hash and self.structure.paths == other.structure.paths
+        )
+
+    def __repr__(self) -> str:
+        return f"StateStructure({len(self.structure.paths)} paths)"
+
+
+def _aux_of(s: StateStructure) -> _PytreeAux:
+    aux = s._aux
+    if aux is None:
+        aux = s._aux = _PytreeAux(s)
+    return aux
+
+
 def _flatten_state(st: State):
     s = st._structure
     plan = s._nest or _nest_plan(s)
     if plan is _FLAT:
-        return st._leaves, s
+        return st._leaves, s._aux or _aux_of(s)
     _, treedef, perm = plan
     leaves = st._leaves if perm is None else [st._leaves[i] for i in perm]
-    return treedef.unflatten(leaves), s
+    return treedef.unflatten(leaves), s._aux or _aux_of(s)
 
 
 def _flatten_state_with_keys(st: State):
     s = st._structure
     plan = s._nest or _nest_plan(s)
     if plan is _FLAT:
-        return [(jax.tree_util.DictKey(p), v) for p, v in zip(s.paths, st._leaves)], s
-    children, _ = _flatten_state(st)
-    return list(zip(plan[0], children)), s
+        return [(jax.tree_util.DictKey(p), v) for p, v in zip(s.paths, st._leaves)], s._aux or _aux_of(s)
+    children, aux = _flatten_state(st)
+    return list(zip(plan[0], children)), aux
 
 
-def _unflatten_state(structure: StateStructure, children) -> State:
+def _unflatten_state(aux: _PytreeAux, children) -> State:
+    structure = aux.structure
     plan = structure._nest or _nest_plan(structure)
     if plan is _FLAT:
-        return _new_state(list(children), structure)
+        leaves = list(children)
+        return _new_state(leaves, _synced(structure, leaves))
     _, treedef, perm = plan
     leaves = treedef.flatten_up_to(list(children))
     if perm is not None:
@@ -488,7 +614,25 @@ def _unflatten_state(structure: StateStructure, children) -> State:
         for pos, i in enumerate(perm):
             ordered[i] = leaves[pos]
         leaves = ordered
-    return _new_state(leaves, structure)
+    return _new_state(leaves, _synced(structure, leaves))
+
+
+def _synced(structure: StateStructure, leaves: list) -> StateStructure:
+    """``structure``, or a copy whose types follow the leaves a ``jax.tree.map`` put there.
+
+    ``jax.tree.map(EmaParam.from_variable, state, is_leaf=...)`` turns Params
+    into EmaParams; filters must then see EmaParams.
+    """
+    defs = structure.defs
+    if defs is None:
+        return structure if not any(isinstance(v, Variable) for v in leaves) else StateStructure(
+            structure.paths, _defs_of(leaves)
+        )
+    for v, d in zip(leaves, defs):
+        if isinstance(v, Variable) and type(v) is not d[0]:
+            fresh = tuple(_def_of(x) if isinstance(x, Variable) else dd for x, dd in zip(leaves, defs))
+            return StateStructure(structure.paths, fresh)
+    return structure
 
 
 jax.tree_util.register_pytree_with_keys(

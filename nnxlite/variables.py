@@ -148,10 +148,13 @@ class Variable(FlaxVariableMethods, metaclass=_VariableMeta):
             if value._metadata:
                 metadata = {**value._metadata, **metadata}
             value = value.raw_value
-        if metadata and "out_sharding" in metadata:
+        if metadata and ("out_sharding" in metadata or "sharding" in metadata):
             from nnxlite.compat.var_config import place_by_out_sharding  # flax's eager sharding
 
-            value = place_by_out_sharding(value, metadata["out_sharding"])
+            if "out_sharding" in metadata:
+                value = place_by_out_sharding(value, metadata["out_sharding"])
+            else:  # nnx.with_partitioning's names: placed when they are the mesh's axes, as in flax
+                value = place_by_out_sharding(value, metadata["sharding"], only_mesh_axes=True)
         self.raw_value = value
         self._metadata = metadata if metadata else _EMPTY_METADATA
 
@@ -212,12 +215,34 @@ class Variable(FlaxVariableMethods, metaclass=_VariableMeta):
         _epoch.bump()
         return self
 
+    @property
+    def sharding(self) -> Any:
+        """The value's sharding (a ``jax.sharding.Sharding``), as in flax and on a ``jax.Array``.
+
+        Where the value has none (a Python number, a NumPy array, an abstract
+        value without one), the ``sharding`` metadata: the axis names given
+        by ``nnx.with_partitioning``, which are also ``.sharding_names`` /
+        ``.out_sharding`` and ``get_metadata("sharding")``.
+        """
+        found = getattr(self.raw_value, "sharding", None)
+        if found is not None and not isinstance(found, (tuple, list)):
+            return found
+        meta = self._metadata
+        if "sharding" in meta:
+            return meta["sharding"]
+        if found is None and "out_sharding" not in meta and "sharding_names" not in meta:
+            raise AttributeError(f"{type(self).__name__} has no attribute or metadata 'sharding'")
+        return meta.get("out_sharding", meta.get("sharding_names"))
+
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: serve metadata as attributes.
+        meta = object.__getattribute__(self, "_metadata")
         try:
-            return object.__getattribute__(self, "_metadata")[name]
+            return meta[name]
         except KeyError:
             pass
+        if name == "out_sharding" and "sharding" in meta:  # flax 0.12's name for the axis names
+            return meta["sharding"]
         if not name.startswith("_"):  # then the value's own attributes (`param.sharding`), as in flax
             try:
                 return getattr(object.__getattribute__(self, "raw_value"), name)

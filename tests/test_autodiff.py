@@ -142,14 +142,19 @@ def test_nnx_grad_temp_memory_matches_jax_grad():
     assert ours.temp_size_in_bytes <= 1.05 * ref.temp_size_in_bytes + 4096
 
 
-def test_variable_arguments_get_array_gradients():
+def test_variable_arguments_get_variable_gradients():
+    # As in flax: a Variable passed directly is differentiated whatever its type (wrt and
+    # DiffState filters choose among a *module's* Variables), and its gradient is a Variable.
     w = nnx.Param(jnp.arange(3.0))
     b = nnx.BatchStat(jnp.ones(3))
     gw, gb = nnx.grad(lambda w, b: (w.value**2 * b.value).sum(), argnums=(0, 1))(w, b)
+    assert type(gw) is nnx.Param and type(gb) is nnx.BatchStat
     np.testing.assert_allclose(gw, 2 * jnp.arange(3.0))
-    assert gb is None  # not a Param: excluded by wrt
+    np.testing.assert_allclose(gb, jnp.arange(3.0) ** 2)
     g_all = nnx.grad(lambda b: (b.value * 3).sum(), wrt=...)(b)
     np.testing.assert_allclose(g_all, 3.0)
+    none = nnx.grad(lambda b: (b.value * 3).sum(), argnums=nnx.DiffState(0, nnx.Param))(b)
+    assert none is None  # an explicit filter that excludes it
 
 
 # ------------------------------------------------------------------ vjp / jvp (issue 9)

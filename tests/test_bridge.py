@@ -106,7 +106,7 @@ def test_linen_partitioning_becomes_sharding_metadata():
             return x @ w
 
     model = bridge.lazy_init(bridge.ToNNX(Part(), rngs=nnx.Rngs(0)), jnp.ones((1, 3)))
-    assert model.w.sharding == ("in", "out")
+    assert model.w.sharding_names == ("in", "out")
     assert nnx.get_partition_spec(model)["w"] == jax.sharding.PartitionSpec("in", "out")
 
 

@@ -90,7 +90,7 @@ def test_rng_streams_continue_identically_after_restore(tmp_path):
     cases = [
         (jax.random.key(3), jax.random.key(4)),
         (jax.random.key(3, impl="rbg"), jax.random.key(4, impl="rbg")),
-        (jax.random.PRNGKey(3), jax.random.PRNGKey(4)),  # legacy uint32 keys
+        (jax.random.PRNGKey(3), jax.random.PRNGKey(4)),  # raw uint32 keys: the stream wraps them
     ]
     for key, other in cases:
         model = Net(0, key=key)
@@ -120,11 +120,39 @@ def test_typed_key_is_stored_as_key_data_with_its_impl(tmp_path):
     assert entry["kind"] == "key" and entry["impl"] == "rbg" and entry["dtype"] == "key<rbg>"
     assert entry["type"] == "nnxlite.variables.RngKey"
     np.testing.assert_array_equal(data, jax.random.key_data(model.rngs.default.key.value))
-    assert manifest["entries"]["rngs/dropout/key"]["kind"] == "array"  # legacy uint32 key: a plain array
+    dropout = manifest["entries"]["rngs/dropout/key"]  # an int seed: a typed key of the default impl
+    assert dropout["kind"] == "key" and dropout["impl"] == "threefry2x32" and dropout["shape"] == []
     assert manifest["entries"]["backbone/layers/0/kernel"]["path"] == ["backbone", "layers", 0, "kernel"]
     calls = manifest["entries"]["calls"]
     assert calls["kind"] == "int" and calls["value"] == "0" and calls["type"].endswith(".Count")
     assert "calls" not in tensor_names  # plain Python values live in the manifest only
+
+
+def test_raw_uint32_keys_of_older_checkpoints_restore_into_typed_key_streams(tmp_path):
+    """Before streams held typed keys, nnxlite saved them as uint32[..., 2] arrays; those files still load."""
+    model = trained(0)
+    split = nnx.Rngs(params=0).split(3)  # a split stream too: uint32[3, 2] in such a file
+    old = {"rngs": {"dropout": {"key": jax.random.key_data(model.rngs.dropout.key.value)}}}
+    old_split = {"params": {"key": jax.random.key_data(split.params.key.value)}}
+    path, path_split = tmp_path / "old.safetensors", tmp_path / "old_split.safetensors"
+    nnx.save(path, nnx.State(old))
+    nnx.save(path_split, nnx.State(old_split))
+    entry = json.loads(safetensors_numpy.safe_open(str(path), "np").metadata()["nnxlite"])["entries"]
+    assert entry["rngs/dropout/key"]["kind"] == "array" and entry["rngs/dropout/key"]["dtype"] == "uint32"
+
+    fresh = Net(1)
+    nnx.restore(path, fresh, strict=False)
+    key = fresh.rngs.dropout.key.value
+    assert key.dtype == model.rngs.dropout.key.value.dtype and key.shape == ()
+    assert fresh.rngs.dropout.count.value.shape == ()
+    np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(model.rngs.dropout.key.value))
+    target = nnx.Rngs(params=5).split(3)
+    nnx.restore(path_split, target, strict=False)
+    assert target.params.key.shape == (3,)
+    np.testing.assert_array_equal(jax.random.key_data(target.params.key.value), old_split["params"]["key"])
+    # Raw data of the wrong shape for the target's key is still refused, naming the path.
+    with pytest.raises(ValueError, match=r"params/key: expected key<fry>\[\]"):
+        nnx.restore(path_split, nnx.Rngs(params=5), strict=False)
 
 
 def test_state_target_returns_new_state_and_leaves_target(tmp_path):

@@ -103,7 +103,7 @@ def _names(tree):
 
 
 def _strip_value(tree):
-    """flax's State leaves are Variables, so its raw checkpoints end each path in 'value'."""
+    """State leaves are Variables (in flax and nnxlite), so raw checkpoints end each path in 'value'."""
     if isinstance(tree, dict):
         if set(tree) == {"value"} and not isinstance(tree["value"], dict):
             return tree["value"]
@@ -121,14 +121,15 @@ def _save_restore_raw(tmp_path, state):
 def test_state_restored_without_target_is_a_nested_dict_of_names(tmp_path):
     model = nnx.Sequence([nnx.Linear(2, 3, ctx=nnx.context(0)), nnx.BatchNorm(3, ctx=nnx.context(0))])
     raw = _save_restore_raw(tmp_path / "ours", nnx.state(model))
-    assert _names(raw) == {
+    assert _names(_strip_value(raw)) == {
         "layers": {
             "0": {"bias": (3,), "kernel": (2, 3)},
             "1": {"bias": (3,), "mean": (3,), "scale": (3,), "var": (3,)},
         }
     }
+    assert _names(raw["layers"]["0"]) == {"bias": {"value": (3,)}, "kernel": {"value": (2, 3)}}  # flax's layout
     state = nnx.state(model)
-    state.replace_by_pure_dict({"layers": {int(k): v for k, v in raw["layers"].items()}})
+    state.replace_by_pure_dict({"layers": {int(k): v for k, v in _strip_value(raw)["layers"].items()}})
     nnx.update(model, state)
 
 
@@ -149,5 +150,5 @@ def test_state_checkpoint_names_match_flax(tmp_path):
 
     theirs = _save_restore_raw(tmp_path / "flax", fnnx.state(F(fnnx.Rngs(0))))
     ours = _save_restore_raw(tmp_path / "ours", nnx.state(N(nnx.context(0))))
-    assert _names(ours) == _names(_strip_value(theirs))
+    assert _names(ours) == _names(theirs)  # both end each path in 'value' (State leaves are Variables)
 

@@ -31,9 +31,9 @@ def test_rngs_and_ctx_build_the_same_layers():
 
 def test_metadata_keywords_land_on_the_params():
     lin = nnx.Linear(3, 4, rngs=nnx.Rngs(0), kernel_metadata={"sharding": ("a", "b")}, bias_metadata={"tag": 1})
-    assert lin.kernel.sharding == ("a", "b") and lin.bias.tag == 1
+    assert lin.kernel.sharding_names == ("a", "b") and lin.bias.tag == 1
     emb = nnx.Embed(5, 3, rngs=nnx.Rngs(0), embedding_metadata={"sharding": ("vocab", None)})
-    assert emb.embedding.sharding == ("vocab", None)
+    assert emb.embedding.sharding_names == ("vocab", None)
     ln = nnx.LayerNorm(3, rngs=nnx.Rngs(0), scale_metadata={"s": 1}, bias_metadata={"b": 2})
     assert ln.scale.s == 1 and ln.bias.b == 2
     bn = nnx.BatchNorm(3, rngs=nnx.Rngs(0), scale_metadata={"s": 1})

@@ -292,9 +292,9 @@ def test_variable_metadata_roundtrip_and_in_state_structure():
     root = nnx.Module()
     root.w = nnx.Param(jnp.ones((2, 2)), sharding=("embed", "mlp"))
     gd, st = nnx.split(root)
-    assert nnx.merge(gd, st).w.sharding == ("embed", "mlp")
+    assert nnx.merge(gd, st).w.sharding_names == ("embed", "mlp")
     (path, var), = st.variables()
-    assert isinstance(var, nnx.Param) and var.sharding == ("embed", "mlp")
+    assert isinstance(var, nnx.Param) and var.sharding_names == ("embed", "mlp")
 
 
 # --- the cache must never be stale -----------------------------------------------------
@@ -342,7 +342,7 @@ def test_cache_sees_nested_dict_and_metadata_edits():
     assert _param_count(model) == 4
     model.blocks["a"].kernel.set_metadata(sharding=("x", None))
     gd, st = nnx.split(model)
-    assert nnx.merge(gd, st).blocks["a"].kernel.sharding == ("x", None)
+    assert nnx.merge(gd, st).blocks["a"].kernel.sharding_names == ("x", None)
 
 
 def test_value_edits_keep_cache_and_are_seen():

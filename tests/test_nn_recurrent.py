@@ -18,7 +18,10 @@ def randn(*shape):
 
 
 def close(a, b, tol=1e-5):
-    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol), a, b)
+    is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731  (State leaves are Variables)
+    jax.tree_util.tree_map(
+        lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol), a, b, is_leaf=is_var
+    )
 
 
 def pair(name, i=3, h=4):
@@ -189,7 +192,7 @@ def test_rnn_rejects_inputs_without_a_time_axis():
 
 def test_rngs_spelling_and_metadata_reach_the_dense_layers():
     cell = nnx.LSTMCell(3, 4, rngs=nnx.Rngs(0), kernel_metadata={"sharding": (None, "model")})
-    assert cell.ii.kernel.sharding == (None, "model") and "sharding" not in cell.hi.kernel.metadata
+    assert cell.ii.kernel.sharding_names == (None, "model") and "sharding" not in cell.hi.kernel.metadata
     with pytest.raises(TypeError, match="same parameter"):
         nnx.GRUCell(3, 4, ctx=nnx.context(0), rngs=nnx.Rngs(0))
 

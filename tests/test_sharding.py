@@ -42,8 +42,8 @@ RULES = [("batch", "data"), ("embed", None), ("mlp", "model")]
 # -- metadata ------------------------------------------------------------------------------------
 def test_with_partitioning_metadata_reaches_params():
     b = Block(ctx=nnx.context(0))
-    assert b.w_in.sharding == ("embed", "mlp") and type(b.w_in) is nnx.Param
-    assert b.w_out.sharding == ("mlp", "embed") and type(b.w_out) is nnx.Param
+    assert b.w_in.sharding_names == ("embed", "mlp") and type(b.w_in) is nnx.Param
+    assert b.w_out.sharding_names == ("mlp", "embed") and type(b.w_out) is nnx.Param
     # The wrapped initializer draws exactly what the plain one does.
     key = jax.random.PRNGKey(3)
     boxed = nnx.with_partitioning(LECUN, ("a", "b"))(key, (4, 5), jnp.float32)
@@ -51,10 +51,10 @@ def test_with_partitioning_metadata_reaches_params():
     np.testing.assert_array_equal(boxed.value, LECUN(key, (4, 5), jnp.float32))
     # Explicit metadata wins over the box's; extra metadata is carried.
     p = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, ("a",), note="x")(key, (2,)), sharding=("b",))
-    assert p.sharding == ("b",) and p.note == "x"
+    assert p.sharding_names == ("b",) and p.note == "x"
     # Metadata is static: it lands in the GraphDef and survives split/merge.
     gd, state = nnx.split(b)
-    assert nnx.merge(gd, state).w_in.sharding == ("embed", "mlp")
+    assert nnx.merge(gd, state).w_in.sharding_names == ("embed", "mlp")
 
 
 def test_with_partitioning_wrong_rank_is_a_clear_error():
@@ -68,7 +68,7 @@ def test_with_partitioning_wrong_rank_is_a_clear_error():
 
 def test_linear_accepts_with_partitioning():
     layer = nnx.Linear(4, 6, ctx=nnx.context(0), kernel_init=nnx.with_partitioning(LECUN, ("embed", "mlp")))
-    assert layer.kernel.sharding == ("embed", "mlp")
+    assert layer.kernel.sharding_names == ("embed", "mlp")
     np.testing.assert_array_equal(
         layer.kernel.value, nnx.Linear(4, 6, ctx=nnx.context(0)).kernel.value
     )  # same draw as without the wrapper
@@ -96,7 +96,7 @@ def test_get_partition_spec_module_state_and_abstract():
     }
     # rules= argument, the context manager, and an abstract state from jax.eval_shape agree.
     _, abstract = jax.eval_shape(lambda: nnx.split(Block(ctx=nnx.context(0))))
-    assert isinstance(abstract["w_in"], jax.ShapeDtypeStruct)
+    assert isinstance(abstract["w_in"].value, jax.ShapeDtypeStruct)  # a Param holding the abstract value
     via_arg = nnx.get_partition_spec(b, rules=RULES)
     with nnx.logical_axis_rules(RULES):
         via_ctx = nnx.get_partition_spec(nnx.state(b))
@@ -176,7 +176,7 @@ def test_sharded_init_and_transform_init_with_out_shardings():
     assert b.stat.value.sharding == NamedSharding(mesh, P("model"))
     # Compiled and eager initializers may differ in the last bit (XLA fuses the scaling differently).
     np.testing.assert_allclose(b.w_in.value, Block(ctx=nnx.context(0)).w_in.value, rtol=1e-6, atol=1e-7)
-    assert b.w_in.sharding == ("embed", "mlp")
+    assert b.w_in.sharding_names == ("embed", "mlp")
     # The same through transform: init_fn redraws under jit with out_shardings.
     init_fn, _ = nnx.transform(Block(ctx=nnx.context(0)))
     key = jax.random.PRNGKey(1)
@@ -185,7 +185,7 @@ def test_sharded_init_and_transform_init_with_out_shardings():
     v = jax.jit(init_fn, out_shardings=shardings)(key)
     for path, s in zip(shardings.paths(), shardings.leaves()):
         assert v[path].sharding == s, path
-    np.testing.assert_array_equal(v["w_in"], init_fn(key)["w_in"])
+    np.testing.assert_allclose(v["w_in"], init_fn(key)["w_in"], rtol=1e-6, atol=1e-7)  # compiled vs eager: last bit
 
 
 # -- 8 simulated devices, in subprocesses (XLA_FLAGS must be set before jax starts) -----------------
@@ -283,7 +283,7 @@ SHARD_MAP_SCRIPT = textwrap.dedent(
         "folded_distinct": len({b.tobytes() for b in blocks}),
         "matches_reference": all(np.array_equal(b, r) for b, r in zip(blocks, ref)),
         "count": int(new["ctx"]["dropout"]["count"]),
-        "key_restored": bool(np.array_equal(new["ctx"]["dropout"]["key"], key)),
+        "key_restored": bool(np.array_equal(jax.random.key_data(new["ctx"]["dropout"]["key"]), jax.random.key_data(key))),
         "cm_matches": bool(np.array_equal(np.asarray(cm), np.asarray(folded))),
         "cm_count": int(cm_state["ctx"]["dropout"]["count"]),
     }))
@@ -359,7 +359,7 @@ def test_with_partitioning_sharding_may_be_left_out_and_axes_is_the_older_name()
     p = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros)(jax.random.PRNGKey(0), (2,)))
     assert "sharding" not in p.get_metadata()
     q = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, axes=("a",))(jax.random.PRNGKey(0), (2,)))
-    assert q.sharding == ("a",)
+    assert q.sharding_names == ("a",)
     with pytest.raises(TypeError, match="give the axis names once"):
         nnx.with_partitioning(nnx.initializers.zeros, ("a",), axes=("a",))
 

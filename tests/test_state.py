@@ -96,11 +96,13 @@ def test_missing_key_error_lists_available():
 def test_state_key_paths_are_nested_dict_keys():
     state = nnx.state(nnx.Sequence([nnx.Linear(2, 3, ctx=nnx.context(0))]))
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
-    assert paths == ["['layers'][0]['bias']", "['layers'][0]['kernel']"]
+    # Each leaf is a Variable, one more node keyed `.value` (flax's key paths).
+    assert paths == ["['layers'][0]['bias'].value", "['layers'][0]['kernel'].value"]
     leaves, treedef = jax.tree.flatten(state)
     assert [x.shape for x in leaves] == [(3,), (2, 3)]
     back = jax.tree.unflatten(treedef, leaves)
     assert back.paths() == state.paths() and all(a is b for a, b in zip(back.leaves(), leaves))
+    assert all(type(v) is nnx.Param for _, v in back.variables())
 
 
 def test_state_with_mixed_key_types_falls_back_to_flat_keys():

@@ -82,7 +82,7 @@ def test_nnxlite_spellings_of_sharding_metadata_follow_too():
         lambda: (nnx.Param(jnp.ones(3), sharding=("embed",)), nnx.Param(jnp.ones(3), sharding_names=("embed",))),
         axis_size=2, transform_metadata={nnx.PARTITION_NAME: "layers"},
     )()
-    assert stack[0].sharding == ("layers", "embed") and stack[1].get_metadata("sharding_names") == ("layers", "embed")
+    assert stack[0].sharding_names == ("layers", "embed") and stack[1].get_metadata("sharding_names") == ("layers", "embed")
     # padding with None when the metadata is shorter than the stacked axis, as flax does
     short = nnx.vmap(
         lambda: nnx.Param(jnp.ones((2, 3)), out_sharding=("embed",)), out_axes=2, axis_size=4,
@@ -126,4 +126,4 @@ def test_scan_creating_a_stack_and_pmap_accept_transform_metadata():
     made = nnx.pmap(
         lambda x: nnx.Param(x * jnp.ones(2), sharding=("embed",)), transform_metadata={nnx.PARTITION_NAME: "dev"}
     )(jnp.ones(n))
-    assert made.shape == (n, 2) and made.sharding == ("dev", "embed")
+    assert made.shape == (n, 2) and made.sharding_names == ("dev", "embed")

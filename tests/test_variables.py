@@ -56,9 +56,9 @@ def test_value_assignment_and_replace():
 
 def test_metadata_attributes_and_errors():
     p = nnx.Param(1.0, sharding=("a",))
-    assert p.sharding == ("a",) and p.metadata == {"sharding": ("a",)}
+    assert p.sharding_names == ("a",) and p.metadata == {"sharding": ("a",)}
     p.set_metadata(sharding=("b",), tag=1)
-    assert p.sharding == ("b",) and p.tag == 1
+    assert p.sharding_names == ("b",) and p.tag == 1
     with pytest.raises(AttributeError, match="set_metadata"):
         p.missing
     with pytest.raises(AttributeError):

@@ -97,15 +97,7 @@ def to_flat_state(state: State) -> list:
 def from_flat_state(flat: Any) -> State:
     """A State from ``[(path, Variable or value), ...]`` (or a ``{path: ...}`` mapping)."""
     items = list(flat.items()) if isinstance(flat, Mapping) else list(flat)
-    values, defs = {}, {}
-    for path, leaf in items:
-        path = tuple(path)
-        if isinstance(leaf, Variable):
-            values[path] = leaf.raw_value
-            defs[path] = (type(leaf), tuple(sorted(leaf._metadata.items())))
-        else:
-            values[path] = leaf
-    return State.from_flat(values, defs or None)
+    return State.from_flat({tuple(path): leaf for path, leaf in items})
 
 
 def merge_state(state: State, *states: State, to_nested: bool = False) -> State:
@@ -124,7 +116,7 @@ def filter_state(state: State, first: Any, /, *filters: Any) -> Any:
 
 
 def map_state(f: Callable[[tuple, Any], Any], state: State) -> State:
-    """A new State with ``f(path, value)`` applied to every leaf.
+    """A new State with ``f(path, leaf)`` at every leaf (a leaf is a Variable, as in flax).
 
     >>> import jax.numpy as jnp, nnxlite as nnx
     >>> s = nnx.map_state(lambda path, x: x * 0, nnx.state(nnx.Linear(2, 2, rngs=nnx.Rngs(0))))

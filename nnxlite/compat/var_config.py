@@ -117,12 +117,14 @@ def using_eager_sharding() -> bool:
     return _SETTINGS["eager_sharding"]
 
 
-def place_by_out_sharding(value: Any, spec: Any) -> Any:
+def place_by_out_sharding(value: Any, spec: Any, *, only_mesh_axes: bool = False) -> Any:
     """Lay ``value`` out by a Variable's ``out_sharding`` metadata on the current mesh (flax's eager sharding).
 
     Does nothing without a mesh set (``jax.set_mesh``), with eager sharding
     off, or for values that are not arrays. Inside a trace it is a sharding
-    constraint; eagerly, a ``device_put``.
+    constraint; eagerly, a ``device_put``. With ``only_mesh_axes``, names
+    that are not axes of the mesh (logical names mapped later by sharding
+    rules) leave the value where it is.
     """
     import jax
     from jax.sharding import PartitionSpec
@@ -132,8 +134,17 @@ def place_by_out_sharding(value: Any, spec: Any) -> Any:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty:
         return value
+    if only_mesh_axes:
+        if not isinstance(spec, (tuple, list)) or len(spec) != len(value.shape):
+            return value
+        axes = set(mesh.axis_names)
+        names = [n for dim in spec if dim is not None for n in (dim if isinstance(dim, tuple) else (dim,))]
+        if not all(isinstance(n, str) and n in axes for n in names):
+            return value
     pspec = spec if isinstance(spec, PartitionSpec) else PartitionSpec(*spec)
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, jax.core.Tracer):  # Explicit axes need reshard; Auto ones take a constraint
+        if mesh.are_all_axes_explicit:
+            return jax.sharding.reshard(value, pspec)
         return jax.lax.with_sharding_constraint(value, pspec)
     if isinstance(value, jax.ShapeDtypeStruct):
         return value

@@ -29,6 +29,7 @@ import numpy as np
 
 from nnxlite.models._common import as_ids
 from nnxlite.rng import Context
+from nnxlite.rng import _as_key as as_typed_key
 from nnxlite.transforms import jit
 
 TRACES: collections.Counter = collections.Counter()
@@ -82,12 +83,11 @@ def _as_key(rng: Any, do_sample: bool) -> jax.Array:
     if rng is None:
         if do_sample:
             raise ValueError("generate(do_sample=True) needs rng=: a seed, a jax.random key or an nnx Context.")
-        return jax.random.PRNGKey(0)
+        return jax.random.key(0)
     if isinstance(rng, Context):
         return rng.make_rng("sample")
-    if isinstance(rng, int):
-        return jax.random.PRNGKey(rng)
-    return rng
+    # Always a typed key (as a Context draws), so greedy and sampled calls share one compiled step.
+    return as_typed_key(rng)
 
 
 class Decoder:

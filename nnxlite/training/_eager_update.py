@@ -34,7 +34,7 @@ import jax
 import numpy as np
 import optax
 
-from nnxlite.state import State, _new_state
+from nnxlite.state import State, _new_state, raw_leaves
 
 __all__ = ["try_compiled_update"]
 
@@ -52,7 +52,7 @@ def _concrete(leaves) -> bool:
 def try_compiled_update(optimizer: Any, plan: Any, grads: State, kwargs: dict) -> bool:
     """Run the update as one compiled step and write it back; False (nothing done) when it does not apply."""
     param_vars, opt_vars = plan.param_vars, plan.opt_vars
-    grad_leaves = grads._leaves
+    grad_leaves = raw_leaves(grads)
     param_leaves = [v.raw_value for v in param_vars]
     opt_leaves = [v.raw_value for v in opt_vars]
     if not (_concrete(grad_leaves) and _concrete(param_leaves) and _concrete(opt_leaves)):
@@ -97,7 +97,7 @@ def _compiled_step(owner: Any, tx: optax.GradientTransformation, structure: Any,
                 "Optimizer.update: the transformation returned a state with a different structure "
                 f"than it was created with.\n  expected: {treedef}\n  found:    {new_treedef}"
             )
-        param_out = new_params._leaves if isinstance(new_params, State) else jax.tree_util.tree_leaves(new_params)
+        param_out = raw_leaves(new_params) if isinstance(new_params, State) else jax.tree_util.tree_leaves(new_params)
         return list(param_out), new_leaves
 
     fn = jax.jit(step)

@@ -7,6 +7,9 @@ An :class:`Optimizer` is a :class:`~nnxlite.Module` that holds
 * ``opt_state`` — the optax state, one :class:`~nnxlite.OptState` Variable per
   leaf, at readable paths built from optax's own key paths, e.g.
   ``opt_state/0/mu/fc1/kernel`` for Adam's first moment of ``fc1.kernel``.
+  Read as an attribute it is optax's own structure (tuples, namedtuples,
+  States) holding those live Variables, as in flax:
+  ``optimizer.opt_state[0].mu['fc1']['kernel']``.
 
 Because everything is Variables, ``nnx.split(optimizer)`` gives one State
 holding the model *and* its optimizer state, which can cross ``jax.jit`` and
@@ -40,8 +43,9 @@ from nnxlite import _epoch
 from nnxlite import filters as filterlib
 from nnxlite import graph
 from nnxlite.module import Module
+from nnxlite.pytree import Dict
 from nnxlite.training import _eager_update
-from nnxlite.state import State, StateStructure, _fmt_path, _new_state
+from nnxlite.state import State, StateStructure, _fmt_path, _new_state, raw_leaves
 from nnxlite.variables import OptState, Param, Variable
 
 __all__ = ["Optimizer"]
@@ -116,7 +120,7 @@ class Optimizer(Module):
         >>> model = Classifier(nnx.context(0))
         >>> head_only = nnx.All(nnx.Param, nnx.PathContains("head"))
         >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=head_only)
-        >>> ["/".join(map(str, p)) for p in nnx.state(optimizer.opt_state).paths()]
+        >>> ["/".join(map(str, p)) for p in nnx.state(optimizer)["opt_state"].paths()]
         ['0/trace/head/bias', '0/trace/head/kernel']
     """
 
@@ -131,6 +135,7 @@ class Optimizer(Module):
         params = graph.state(model, wrt)
         if isinstance(params, tuple):  # cannot happen with one filter; keeps type checkers calm
             raise TypeError("wrt must be a single filter")
+        params = _new_state(raw_leaves(params), params._structure)  # optax sees arrays, not Variables
         leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(tx.init(params))
         paths = _readable_paths([kp for kp, _ in leaves_with_paths])
         self.model = model
@@ -176,6 +181,8 @@ class Optimizer(Module):
         plan = self._plan()
         structure = plan.structure
         grads = _adopt_grads(grads, structure, plan.param_vars, select=len(args) == 2)
+        if kwargs:  # optax works on plain values: unbox States of Variables passed along (grad=grads)
+            kwargs = {k: jax.tree_util.tree_map(_unbox, v, is_leaf=_is_variable) for k, v in kwargs.items()}
         if self.compile_eager and _eager_update.try_compiled_update(self, plan, grads, kwargs):
             step = self.step
             step.raw_value = step.raw_value + 1
@@ -194,7 +201,7 @@ class Optimizer(Module):
                 "Optimizer.update: the transformation returned a state with a different structure "
                 f"than it was created with.\n  expected: {spec.treedef}\n  found:    {new_treedef}"
             )
-        param_leaves = new_params._leaves if isinstance(new_params, State) else jax.tree_util.tree_leaves(new_params)
+        param_leaves = raw_leaves(new_params) if isinstance(new_params, State) else jax.tree_util.tree_leaves(new_params)
         for v, x in zip(plan.param_vars, param_leaves):
             v.raw_value = x
         for v, x in zip(plan.opt_vars, new_leaves):
@@ -228,6 +235,41 @@ class Optimizer(Module):
         buckets, _ = graph._groups(flat, (self.wrt,), False)
         mine = self._plan().param_vars
         return len(buckets[0]) == len(mine) and all(flat.variables[j] is v for j, v in zip(buckets[0], mine))
+
+    @property
+    def opt_state(self) -> Any:
+        """The optax state in optax's own structure, holding the live :class:`~nnxlite.OptState` Variables.
+
+        ``optimizer.opt_state[0].mu["kernel"]`` is Adam's first moment of
+        ``kernel`` (a Variable: read ``[...]``, write ``.value = ...``), as in
+        flax.nnx. ``nnx.state(optimizer)["opt_state"]`` is the same Variables
+        by readable path.
+
+        >>> import optax, nnxlite as nnx
+        >>> optimizer = nnx.Optimizer(nnx.Linear(2, 1, ctx=nnx.context(0)), optax.adam(1e-3))
+        >>> optimizer.opt_state[0].mu["kernel"].shape, int(optimizer.opt_state[0].count[...])
+        ((2, 1), 0)
+        """
+        return self._spec.treedef.unflatten(self._plan().opt_vars)
+
+    @opt_state.setter
+    def opt_state(self, value: Any) -> None:
+        if isinstance(value, Dict):  # the Variables by path (set by __init__)
+            self.__dict__["opt_state"] = value
+            return
+        # An optax-structured state (from tx.init, or edited): write its values into the Variables.
+        plain = jax.tree_util.tree_map(_unbox, value, is_leaf=lambda x: isinstance(x, Variable))
+        leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(plain)
+        paths = _readable_paths([kp for kp, _ in leaves_with_paths])
+        if paths != self._spec.paths:
+            missing, extra = _path_diff(paths, self._spec.paths)
+            raise ValueError(
+                "Optimizer.opt_state: the new state does not have the structure tx.init gave; nothing was written.\n"
+                + _listing("  missing", missing)
+                + _listing("  unexpected", extra)
+            )
+        for v, (_, x) in zip(self._plan().opt_vars, leaves_with_paths):
+            v.raw_value = x
 
     def optax_state(self) -> Any:
         """The optax state as optax sees it (the pytree ``tx.init`` returned), rebuilt from the Variables.
@@ -267,7 +309,7 @@ class Optimizer(Module):
         param_vars = [flat.variables[j] for j in buckets[0]]
         opt_vars = []
         for path in spec.paths:
-            node = self.opt_state
+            node = self.__dict__["opt_state"]
             for key in path:
                 node = node[key]
             if not isinstance(node, Variable):
@@ -317,7 +359,7 @@ def _adopt_grads(grads: Any, structure: StateStructure, param_vars: list, select
     """
     if isinstance(grads, State):
         st = grads._structure
-        leaves = grads._leaves
+        leaves = raw_leaves(grads)
         if st is not structure and st.paths is not structure.paths and st.paths != structure.paths:
             index = st.index
             if not select or not all(p in index for p in structure.paths):
@@ -397,6 +439,14 @@ def _prefix_free(paths: tuple[Path, ...]) -> bool:
     if len(seen) != len(paths) or () in seen:
         return False
     return not any(p[:i] in seen for p in paths for i in range(1, len(p)))
+
+
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, Variable)
+
+
+def _unbox(x: Any) -> Any:
+    return x.raw_value if isinstance(x, Variable) else x
 
 
 def _nest(paths: tuple[Path, ...], leaves: list) -> dict:

@@ -38,11 +38,11 @@ import numpy as np
 
 from nnxlite import graph
 from nnxlite import filters as filterlib
-from nnxlite.state import State, StateStructure, _new_state, path_sort_key
+from nnxlite.state import State, StateStructure, _new_state, boxed_state, path_sort_key, raw_leaves
 from nnxlite.transforms.lift_types import DiffState
 from nnxlite.transforms.modes import check_mode, set_graph_mode, set_graph_updates
 from nnxlite.transforms._lift import _KEEP, _apply, _enter, _finish, _Inputs, _is_node, _leave, _pure, _RootsCache, _scatter, _write
-from nnxlite.variables import Param, Variable
+from nnxlite.variables import Param, Variable, _make as _make_variable
 
 _state_of = graph.state  # (`graph` is also a parameter name of the transforms below)
 
@@ -173,8 +173,11 @@ def _selects(pred, flat, root: int, path: tuple, j: int) -> bool:
     return filterlib.matches(pred, filterlib._LazyPaths(path, more), v)
 
 
-def _plan(inputs: _Inputs, argnums: tuple, wrts: tuple) -> _Plan:
+def _plan(inputs: _Inputs, argnums: tuple, wrts: tuple, whole: tuple = ()) -> _Plan:
+    """``whole[k]``: argnum ``k`` was a plain int, so a bare Variable in it is differentiated
+    whatever its type (flax's rule: ``wrt`` filters the Variables *of modules*)."""
     preds = [filterlib.to_predicate(w) for w in wrts]
+    whole = whole or (False,) * len(argnums)
     flat = inputs.flat
     args_td, _ = inputs.treedef.children()
     arg_sizes = [c.num_leaves for c in args_td.children()]
@@ -198,21 +201,24 @@ def _plan(inputs: _Inputs, argnums: tuple, wrts: tuple) -> _Plan:
     diff_others: list[int] = []
     arg_grads = []
     part_roots = []
-    for a, pred in zip(argnums, preds):
+    for a, pred, whole_a in zip(argnums, preds, whole):
         parts = []
         part_roots.append([root_of_leaf.get(leaf) for leaf in range(starts[a], starts[a] + arg_sizes[a])])
         for leaf in range(starts[a], starts[a] + arg_sizes[a]):
             if inputs.mask[leaf]:
                 entries = []
+                bare = whole_a and isinstance(flat.node_objects[0][root_of_leaf[leaf]], Variable)
                 for path, j in reach.get(root_of_leaf[leaf], []):
-                    if j in taken or not _selects(pred, flat, root_of_leaf[leaf], path, j):
+                    if j in taken or not (bare or _selects(pred, flat, root_of_leaf[leaf], path, j)):
                         continue
                     taken[j] = len(diff_vars)
                     diff_vars.append(j)
                     entries.append((path, j))  # already in canonical order, as in `reach`
                 if isinstance(flat.node_objects[0][root_of_leaf[leaf]], Variable):
-                    # A Variable argument: its gradient is an array (None if wrt excludes it).
-                    parts.append(("one", taken[entries[0][1]] if entries else None))
+                    # A Variable argument: its gradient is a Variable of its type, as in flax
+                    # (None if a DiffState filter excludes it).
+                    j = entries[0][1] if entries else None
+                    parts.append(("one", None if j is None else taken[j], None if j is None else flat.graphdef.vardefs[j]))
                     continue
                 structure = StateStructure(
                     tuple(p for p, _ in entries), tuple(flat.graphdef.vardefs[j] for _, j in entries)
@@ -277,36 +283,42 @@ def _shape_grads(plan: _Plan, g_state: Sequence, g_others: Sequence) -> list:
         for part in parts:
             if part[0] == "var":
                 _, ks, structure = part
-                leaves_out.append(_new_state([g_state[k] for k in ks], structure))
+                leaves_out.append(boxed_state([g_state[k] for k in ks], structure))
             elif part[0] == "one":
-                leaves_out.append(None if part[1] is None else g_state[part[1]])
+                if part[1] is None:
+                    leaves_out.append(None)
+                else:
+                    t, meta = part[2]
+                    leaves_out.append(_make_variable(t, g_state[part[1]], dict(meta)))
             else:
                 leaves_out.append(g_others[part[1]])
         grads.append(jax.tree_util.tree_unflatten(treedef, leaves_out))
     return grads
 
 
-def _split_argnums(argnums, wrt) -> tuple[bool, tuple, tuple]:
-    """``(multiple, argnums, per-argnum filters)``, reading flax's ``nnx.DiffState`` entries."""
+def _split_argnums(argnums, wrt) -> tuple[bool, tuple, tuple, tuple]:
+    """``(multiple, argnums, per-argnum filters, per-argnum "plain int")``, reading flax's ``nnx.DiffState``."""
     multiple = not isinstance(argnums, (int, DiffState))
     entries = tuple(argnums) if multiple else (argnums,)
-    nums, wrts = [], []
+    nums, wrts, whole = [], [], []
     for e in entries:
         if isinstance(e, DiffState):
             nums.append(e.argnum)
             wrts.append(e.filter)
+            whole.append(False)
         elif isinstance(e, int) and not isinstance(e, bool):
             nums.append(e)
             wrts.append(wrt)
+            whole.append(True)
         else:
             raise TypeError(f"argnums entries must be ints or nnx.DiffState(argnum, filter), got {e!r}.")
     for w in wrts:
         filterlib.to_predicate(w)  # fail early on an invalid filter
-    return multiple, tuple(nums), tuple(wrts)
+    return multiple, tuple(nums), tuple(wrts), tuple(whole)
 
 
 def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value, tree_mode=False):
-    multiple, argnums_t, wrts = _split_argnums(argnums, wrt)
+    multiple, argnums_t, wrts, whole = _split_argnums(argnums, wrt)
     cache = _RootsCache()
 
     @functools.wraps(f)
@@ -319,7 +331,7 @@ def _make(f, argnums, wrt, has_aux, holomorphic, allow_int, with_value, tree_mod
                 )
         nums = tuple(i % len(args) for i in argnums_t)
         inputs = _Inputs(args, kwargs, cache)
-        plan = _plan(inputs, nums, wrts)
+        plan = _plan(inputs, nums, wrts, whole)
         leaves = inputs.leaves()
         others = inputs.others
         gd = inputs.graphdef
