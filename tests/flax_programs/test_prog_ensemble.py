@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 
 def make_mlp(nnx, sow=True):
@@ -60,9 +59,9 @@ def test_ensemble_init_and_forward(nnx):
     assert y.shape == (3, 4, 1)
 
 
-@pytest.mark.parametrize("sow", [False, True])
-def test_ensemble_train_step_with_stateaxes(nnx, sow):
-    model = make_ensemble(nnx, sow=sow)
+def test_ensemble_train_step_with_stateaxes(nnx):
+    # the members sow an Intermediate each call: it is mapped too (axis 0)
+    model = make_ensemble(nnx, sow=True)
     model.train()
     optimizer = nnx.Optimizer(model, optax.adam(5e-2), wrt=nnx.Param)
     x = jnp.linspace(-1, 1, 16).reshape(8, 2)
