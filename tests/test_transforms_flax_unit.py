@@ -373,3 +373,57 @@ def test_conflicting_axes_for_one_variable_name_both(transform):
     args = (v, v) if transform == "vmap" else (jnp.zeros(()), v, v)
     with pytest.raises(ValueError, match=pattern):
         f(*args)
+
+
+# ----------------------------------------------------------------------------------
+# loops: what flax refuses, nnxlite refuses too
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("loop", ["while_loop", "fori_loop"])
+def test_loop_body_replacing_a_variable_raises(lib, loop):
+    def body(val):
+        m, c = val
+        m.kernel = lib.Param(jnp.zeros_like(m.kernel[...]))
+        return m, c - 1.0
+
+    if loop == "fori_loop" and lib is not nnxlite:
+        pytest.skip("flax checks this in while_loop only")
+    m = lib.Linear(2, 2, rngs=lib.Rngs(0))
+    with pytest.raises(ValueError):
+        if loop == "while_loop":
+            lib.while_loop(lambda val: val[1] > 0, body, (m, 2.0))
+        else:
+            lib.fori_loop(0, 2, lambda i, val: body(val), (m, 2.0))
+
+
+def test_loop_with_plain_array_attribute_still_runs():
+    class Acc(nnxlite.Module):
+        def __init__(self):
+            self.total = jnp.zeros(())  # a plain array attribute is state too (flax 0.12)
+
+    def body(i, acc):
+        acc.total = acc.total + i
+        return acc
+
+    acc = nnxlite.fori_loop(0, 4, body, Acc())
+    assert float(acc.total) == 6.0
+
+
+def test_scan_carry_must_keep_its_objects(lib):
+    count = lib.Variable(jnp.array(0))
+
+    @lib.scan(graph_updates=False)
+    def f(count, x):
+        return lib.Variable(count[...] + 1), x
+
+    with pytest.raises(ValueError, match="Carry references must be the same|Variable identity must be preserved"):
+        f(count, jnp.arange(3))
+
+
+def test_scan_carry_in_and_out_axes_go_together(lib):
+    with pytest.raises(ValueError, match="If one of in_axes or out_axes has Carry"):
+        lib.scan(lambda a, b: (a, b), in_axes=(lib.Carry, 0), out_axes=0)
+    with pytest.raises(ValueError, match="exactly one argument"):
+        lib.scan(lambda a, b: (a, b), in_axes=lib.Carry, out_axes=lib.Carry, length=2)(jnp.zeros(()), 0)
+    total = lib.scan(lambda c, x: (c + x, x), in_axes=(lib.Carry, 0), out_axes=(lib.Carry, 0))
+    c, ys = total(jnp.zeros(()), jnp.arange(4.0))
+    assert float(c) == 6.0 and ys.tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -59,10 +59,10 @@ and #4589): one dict in the usual ``in_axes`` says it all.
     >>> import jax, jax.numpy as jnp, nnxlite as nnx
     >>> ctx = nnx.context(params=0, dropout=1)
     >>> keys = nnx.vmap(lambda c: (c.params(), c.dropout()), axis_size=3)(ctx)
-    >>> len({tuple(k.tolist()) for k in keys[0]})   # split: one key per lane
+    >>> len({tuple(jax.random.key_data(k).tolist()) for k in keys[0]})   # split: one key per lane
     3
     >>> keys = nnx.vmap(lambda c: c.dropout(), in_axes={"dropout": None}, axis_size=3)(ctx)
-    >>> len({tuple(k.tolist()) for k in keys})      # broadcast: the same key in every lane
+    >>> len({tuple(jax.random.key_data(k).tolist()) for k in keys})      # broadcast: the same key in every lane
     1
     >>> bn = nnx.vmap(lambda c: nnx.BatchNorm(2, ctx=c), axis_size=3, out_axes={nnx.BatchStat: None})(ctx)
     >>> bn.scale.shape, bn.mean.shape               # stacked params, shared statistics

@@ -106,6 +106,11 @@ def scan(
             graph_updates=graph_updates,
         )
     check_mode(graph, graph_updates, "nnx.scan")
+    if _has_carry(in_axes) != _has_carry(out_axes):
+        raise ValueError(
+            "nnx.scan: If one of in_axes or out_axes has Carry, the other must also have Carry (the carried "
+            f"value goes in and comes out); got in_axes={in_axes!r} and out_axes={out_axes!r}."
+        )
     what = "nnx.scan"
     edits = axis_metadata(transform_metadata, what)
     scan_kwargs = {"_split_transpose": True} if _split_transpose else {}
@@ -115,6 +120,11 @@ def scan(
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         args, kwargs = _bind_keywords(f, in_axes, args, kwargs)
+        if in_axes is Carry and len(args) != 1:
+            raise ValueError(
+                f"{what}: When in_axes=Carry, the function must take exactly one argument (the carry), got "
+                f"{len(args)}; give one entry per argument instead, e.g. in_axes=(nnx.Carry, 0)."
+            )
         inputs = _Inputs(args, kwargs)
         entries = _call_entries(in_axes, args, kwargs, None, _is_axis_entry, f"{what} in_axes")
         raw_specs = _state_specs(inputs, entries, 0, allowed, f"{what} in_axes")
@@ -177,6 +187,16 @@ def scan(
                     out_carry.append(x)
                 elif not (isinstance(e, Mapping) and _is_node(x)):  # dicts are for module outputs
                     _check_axis(e, (int,), f"{what} out_axes (use nnx.Carry or an int)")
+            if len(out_carry) == len(in_carry) and any(
+                _is_node(i) and _is_node(o) and i is not o for i, o in zip(in_carry, out_carry)
+            ):
+                swapped = next(o for i, o in zip(in_carry, out_carry) if _is_node(i) and i is not o)
+                raise ValueError(
+                    f"{what}: Carry references must be the same between iterations (scan Variable identity must "
+                    f"be preserved across iterations): the step function returned a new {type(swapped).__name__} "
+                    "in the carry instead of the one it was given. Update the carried object in place "
+                    "(e.g. count.value += 1) and return it."
+                )
             if len(out_carry) != len(in_carry) or any(
                 _is_node(i) != _is_node(o) or (_is_node(i) and i is not o) for i, o in zip(in_carry, out_carry)
             ):
@@ -235,6 +255,17 @@ def scan(
     return wrapper
 
 
+def _has_carry(spec: Any) -> bool:
+    """Does an in_axes/out_axes spec mark something as ``nnx.Carry`` (anywhere in it)?"""
+    if spec is Carry:
+        return True
+    if isinstance(spec, (tuple, list)):
+        return any(_has_carry(x) for x in spec)
+    if isinstance(spec, Mapping):
+        return any(_has_carry(x) for x in spec.values())
+    return False
+
+
 def _carry_entry(entry: Any) -> Any:
     """An out_axes entry with None read as Carry (scan treats both as carried state)."""
     if entry is None:
@@ -281,6 +312,15 @@ def _loop_parts(what: str, init_val: Any):
             )
         if pre is not None:
             post = graphlib._traverse(roots)
+            data = frozenset(pre.graphdef._data_leaves)  # plain array attributes have no identity to keep
+            if post.graphdef == pre.graphdef and any(
+                a is not b for j, (a, b) in enumerate(zip(post.variables, pre.variables)) if j not in data
+            ):
+                raise ValueError(
+                    f"{what}: the body replaced a Variable of a module in the carry with a new one; the carry "
+                    "must keep its Variables from iteration to iteration. Update it in place instead "
+                    "(m.kernel.value = ...)."
+                )
             if post.graphdef != pre.graphdef:
                 raise ValueError(
                     f"{what}: the body changed the structure of a module in the carry (added, removed or "
