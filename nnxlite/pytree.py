@@ -435,10 +435,33 @@ class Dict(dict):
     >>> import jax, nnxlite as nnx
     >>> jax.tree.leaves(nnx.Dict(lr=nnx.data(0.1), name="sgd"))
     [0.1]
+    >>> d = nnx.Dict(name="sgd"); d.lr = 0.5; d["lr"], d.name   # keys read as attributes, as in flax
+    (0.5, 'sgd')
     """
 
     __slots__ = ()
     _nnx_item_status = None  # {key: is_data} for marked values; set on a marked subclass
+
+    # flax's nnx.Dict reads and writes its string keys as attributes too (`d.encoder`).
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"nnx.Dict has no key or attribute {name!r}; its keys are {list(self)!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):  # e.g. __class__ (a per-key marked subclass)
+            object.__setattr__(self, name, value)
+        else:
+            self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        try:
+            del self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
     def __init__(self, *args, **kwargs):
         dict.__init__(self, *args, **kwargs)

@@ -234,3 +234,20 @@ def test_state_kept_in_a_pytree_created_inside_jit(nnx):
     bump(opt)
     np.testing.assert_allclose(model.bias[...], np.ones(3))
     np.testing.assert_allclose(opt.momentum["bias"][...], 2 * np.ones(3))
+
+
+def test_nnx_dict_keys_read_as_attributes(nnx):
+    d = nnx.Dict(a=nnx.Param(jnp.ones(2)))
+    d.b = nnx.Param(jnp.zeros(2))
+    assert d.a is d["a"] and sorted(d) == ["a", "b"]
+    with pytest.raises(AttributeError):
+        d.missing
+
+
+def test_optimizer_takes_module_shaped_gradients(nnx):
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    grads = nnx.grad(lambda m: m(jnp.ones((1, 2))).sum(), graph=False)(model)  # flax's tree mode
+    before = np.asarray(model.kernel[...])
+    optimizer.update(model, grads)
+    np.testing.assert_allclose(model.kernel[...], before - 0.1, rtol=1e-6)

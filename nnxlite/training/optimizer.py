@@ -369,6 +369,8 @@ def _adopt_grads(grads: Any, structure: StateStructure, param_vars: list, select
             leaves = [leaves[index[p]] for p in structure.paths]
     elif isinstance(grads, Mapping):
         return _adopt_grads(State(grads), structure, param_vars, select)
+    elif isinstance(grads, graph._NODE_BASES):  # module-shaped gradients (flax's tree mode)
+        return _adopt_grads(graph.state(grads), structure, param_vars, True)
     else:
         raise TypeError(
             f"Optimizer.update expects the gradients as an nnx.State (from nnx.grad), got {type(grads).__name__}."
