@@ -265,7 +265,7 @@ SHARD_MAP_SCRIPT = textwrap.dedent(
     folded, new = run("data")
     blocks = np.asarray(folded).reshape(8, 4, 64)
     same_blocks = np.asarray(same).reshape(8, 4, 64)
-    key = jnp.asarray(v["ctx"]["dropout"]["key"])
+    key = v["ctx"]["dropout"]["key"][...]
     ref = jax.jit(jax.vmap(lambda i: apply_fn(v, x[:4], rngs={"dropout": jax.random.fold_in(key, i)})[0]))(
         jnp.arange(8, dtype=jnp.uint32))
 
@@ -283,7 +283,7 @@ SHARD_MAP_SCRIPT = textwrap.dedent(
         "folded_distinct": len({b.tobytes() for b in blocks}),
         "matches_reference": all(np.array_equal(b, r) for b, r in zip(blocks, ref)),
         "count": int(new["ctx"]["dropout"]["count"]),
-        "key_restored": bool(np.array_equal(jax.random.key_data(new["ctx"]["dropout"]["key"]), jax.random.key_data(key))),
+        "key_restored": bool(np.array_equal(jax.random.key_data(new["ctx"]["dropout"]["key"][...]), jax.random.key_data(key))),
         "cm_matches": bool(np.array_equal(np.asarray(cm), np.asarray(folded))),
         "cm_count": int(cm_state["ctx"]["dropout"]["count"]),
     }))

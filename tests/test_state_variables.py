@@ -251,3 +251,16 @@ def test_optimizer_takes_module_shaped_gradients(nnx):
     before = np.asarray(model.kernel[...])
     optimizer.update(model, grads)
     np.testing.assert_allclose(model.kernel[...], before - 0.1, rtol=1e-6)
+
+
+def test_map_state_labels_drive_optax_partition(nnx):
+    # flax's optimization cookbook: per-name learning rates through optax.partition
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    labels = nnx.map_state(lambda path, v: path[-1], nnx.state(model, nnx.Param))
+    assert labels["kernel"] == "kernel"  # f's results are the leaves
+    rates = {"kernel": optax.sgd(0.1), "bias": optax.sgd(1.0)}
+    optimizer = nnx.Optimizer(model, optax.partition(rates, labels), wrt=nnx.Param)
+    before_k, before_b = np.asarray(model.kernel[...]), np.asarray(model.bias[...])
+    optimizer.update(model, nnx.grad(lambda m: m(jnp.ones((1, 2))).sum())(model))
+    np.testing.assert_allclose(model.kernel[...], before_k - 0.1, rtol=1e-6)
+    np.testing.assert_allclose(model.bias[...], before_b - 1.0, rtol=1e-6)

@@ -124,10 +124,8 @@ def map_state(f: Callable[[tuple, Any], Any], state: State) -> State:
     0.0
     """
     state = _as_state(state)
-    s = state._structure
-    values = {p: f(p, v) for p, v in zip(s.paths, state._leaves)}
-    defs = None if s.defs is None else dict(zip(s.paths, s.defs))
-    return State.from_flat(values, defs)
+    # f's results are the leaves, as in flax (labels for optax.partition stay strings).
+    return State.from_flat({p: f(p, v) for p, v in state.variables()})
 
 
 def iter_modules(module: Any, /, *, graph: bool | None = None) -> Iterator[tuple[tuple, Module]]:

@@ -141,10 +141,11 @@ def draw_key(source: Context | RngStream | jax.Array | None, stream: str, owner:
 
     Raises a ``ValueError`` that says how to pass one when ``source`` is None.
 
-    >>> import nnxlite as nnx
+    >>> import jax, nnxlite as nnx
     >>> from nnxlite.nn.stochastic import draw_key
-    >>> draw_key(nnx.context(dropout=0), "dropout", "MyLayer").shape
-    (2,)
+    >>> key = draw_key(nnx.context(dropout=0), "dropout", "MyLayer")
+    >>> key.shape, jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)   # a typed key, as in flax
+    ((), True)
     """
     if source is None:
         raise ValueError(
