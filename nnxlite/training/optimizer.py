@@ -45,7 +45,7 @@ from nnxlite import graph
 from nnxlite.module import Module
 from nnxlite.pytree import Dict
 from nnxlite.training import _eager_update
-from nnxlite.state import State, StateStructure, _fmt_path, _new_state, raw_leaves
+from nnxlite.state import State, StateStructure, _fmt_path, _new_state, _raw, raw_leaves
 from nnxlite.variables import OptState, Param, Variable
 
 __all__ = ["Optimizer"]
@@ -182,7 +182,7 @@ class Optimizer(Module):
         structure = plan.structure
         grads = _adopt_grads(grads, structure, plan.param_vars, select=len(args) == 2)
         if kwargs:  # optax works on plain values: unbox States of Variables passed along (grad=grads)
-            kwargs = {k: jax.tree_util.tree_map(_unbox, v, is_leaf=_is_variable) for k, v in kwargs.items()}
+            kwargs = {k: jax.tree_util.tree_map(_raw, v, is_leaf=_is_variable) for k, v in kwargs.items()}
         if self.compile_eager and _eager_update.try_compiled_update(self, plan, grads, kwargs):
             step = self.step
             step.raw_value = step.raw_value + 1
@@ -258,7 +258,7 @@ class Optimizer(Module):
             self.__dict__["opt_state"] = value
             return
         # An optax-structured state (from tx.init, or edited): write its values into the Variables.
-        plain = jax.tree_util.tree_map(_unbox, value, is_leaf=lambda x: isinstance(x, Variable))
+        plain = jax.tree_util.tree_map(_raw, value, is_leaf=_is_variable)
         leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(plain)
         paths = _readable_paths([kp for kp, _ in leaves_with_paths])
         if paths != self._spec.paths:
@@ -445,10 +445,6 @@ def _prefix_free(paths: tuple[Path, ...]) -> bool:
 
 def _is_variable(x: Any) -> bool:
     return isinstance(x, Variable)
-
-
-def _unbox(x: Any) -> Any:
-    return x.raw_value if isinstance(x, Variable) else x
 
 
 def _nest(paths: tuple[Path, ...], leaves: list) -> dict:
