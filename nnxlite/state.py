@@ -46,7 +46,7 @@ import jax
 from nnxlite import _epoch
 from nnxlite import filters as filterlib
 from nnxlite._state_flax import FlaxStateMethods
-from nnxlite.variables import Variable, _make
+from nnxlite.variables import Variable, _freeze, _make
 
 __all__ = ["State", "StateStructure", "path_sort_key", "raw_leaves", "boxed_state"]
 
@@ -431,7 +431,7 @@ class AbstractLeaf(jax.ShapeDtypeStruct):
 
 
 def _def_of(v: Variable) -> VarDef:
-    return (type(v), tuple(sorted(v._metadata.items())) if v._metadata else ())
+    return (type(v), _freeze(v._metadata) if v._metadata else ())
 
 
 def _defs_of(leaves: list) -> tuple[VarDef, ...] | None:
